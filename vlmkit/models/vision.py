@@ -1,0 +1,161 @@
+"""Vision towers: our ViT, and thin adapters around transformers' CLIP, SigLIP and Idefics3 towers.
+
+Every tower exposes the same interface:
+  forward_features(pixel_values) -> [B, N_tokens, D_vision]   patch tokens for a connector
+  encode_image(pixel_values)     -> [B, D_vision]             one pooled vector per image
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VisionConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, H, N, D_head]
+        # attn_mask (bool, True = attend) lets several images share one packed sequence (NaViT)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (ViT / CLIP layout)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A plain ViT (Dosovitskiy et al. 2021) with learned 2-D position embeddings.
+
+    Position embeddings are learned for the training grid and bicubically
+    interpolated for any other grid, so one checkpoint encodes any resolution
+    that is a multiple of the patch size.
+    """
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.hidden_size
+        self.patch_embed = nn.Conv2d(3, D, cfg.patch_size, cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.use_cls else None
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, D) * 0.02)  # grid positions only
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, D)) if cfg.use_cls else None
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.apply(_init_weights)
+
+    def grid_pos_embed(self, gh: int, gw: int) -> torch.Tensor:
+        """[1, gh*gw, D] position embeddings for a gh x gw patch grid."""
+        g = self.cfg.grid_size
+        if (gh, gw) == (g, g):
+            return self.pos_embed
+        pe = self.pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
+        pe = F.interpolate(pe, size=(gh, gw), mode="bicubic", align_corners=False)
+        return pe.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values)  # [B, D, gh, gw]
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2) + self.grid_pos_embed(gh, gw)  # [B, gh*gw, D]
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.cls_pos).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1)  # [B, 1 + N_patches, D]
+        return x
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns (final normed output, hidden_states) with hidden_states[0] = embeddings."""
+        x = self.embed(pixel_values)
+        hidden_states = [x]
+        for blk in self.blocks:
+            x = blk(x)
+            hidden_states.append(x)
+        return self.norm(x), hidden_states
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
+        nn.init.zeros_(m.bias)
+
+
+def _build_hf_tower(cfg: VisionConfig) -> nn.Module:
+    """A randomly initialised transformers tower of the given config (weights come from our loader)."""
+    if cfg.kind == "hf_clip":
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        return CLIPVisionModel(CLIPVisionConfig(**cfg.hf_config))
+    if cfg.kind == "hf_siglip":
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        return SiglipVisionModel(SiglipVisionConfig(**cfg.hf_config))
+    if cfg.kind == "hf_idefics3":
+        from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+        from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
+
+        return Idefics3VisionTransformer(Idefics3VisionConfig(**cfg.hf_config))
+    raise ValueError(cfg.kind)
+
+
+class VisionTower(nn.Module):
+    """The standard interface around any tower: layer selection, CLS handling, pooling."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = ViT(cfg) if cfg.kind == "vit" else _build_hf_tower(cfg)
+
+    def _run(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.cfg.kind == "vit":
+            return self.model(pixel_values)
+        out = self.model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        return out.last_hidden_state, list(out.hidden_states)
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, N_tokens, D_vision], from cfg.feature_layer (penultimate by default)."""
+        final, hidden_states = self._run(pixel_values)
+        x = final if self.cfg.feature_layer is None else hidden_states[self.cfg.feature_layer]
+        if self.cfg.use_cls and not self.cfg.keep_cls:
+            x = x[:, 1:]  # drop CLS, as LLaVA's "default" select strategy does
+        return x
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, D_vision]: the normed CLS token, or the mean of normed patch tokens."""
+        if self.cfg.kind == "vit":
+            final, _ = self.model(pixel_values)
+            return final[:, 0] if self.cfg.use_cls else final.mean(dim=1)
+        out = self.model(pixel_values=pixel_values, return_dict=True)
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
+
+    forward = forward_features

@@ -1,0 +1,133 @@
+"""VisionLanguageModel: vision tower -> connector -> LM, merged at the image placeholders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VLMConfig
+from ..errors import ModelLoadError
+from .connectors import build_connector
+from .lm import LanguageModel
+from .vision import VisionTower
+from .weights import expected_state, load_strict, read_safetensors, save_safetensors
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, cfg: VLMConfig, lm: LanguageModel | None = None):
+        super().__init__()
+        if lm is None:
+            if cfg.lm.weights == "source" or not cfg.lm.hf_config:
+                lm = LanguageModel.from_source(cfg.lm.source)
+            else:
+                lm = LanguageModel(cfg.lm)
+        # The LM's own config is the truth for its widths; re-derive the connector from it.
+        cfg = VLMConfig(vision=cfg.vision, connector=cfg.connector, lm=_with_hf(cfg.lm, lm), image_token_id=cfg.image_token_id,
+                        image_token=cfg.image_token, name=cfg.name)
+        self.cfg = cfg
+        self.vision = VisionTower(cfg.vision)
+        self.connector = build_connector(cfg.connector)
+        self.lm = lm
+
+    # ---- forward pieces ----
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N_images, 3, H, W] -> [N_images, N_visual, D_lm]."""
+        return self.connector(self.vision.forward_features(pixel_values))
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with image placeholders replaced, in order, by visual tokens.
+
+        input_ids [B, T] holds cfg.image_token_id at each visual position;
+        image_features [N_images, N_visual, D_lm] fills them row-major.
+        """
+        is_image = input_ids == self.cfg.image_token_id
+        embeds = self.lm.embed_tokens(input_ids.masked_fill(is_image, 0))  # [B, T, D_lm]
+        n_slots = int(is_image.sum())
+        n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_slots != n_feats:
+            raise ValueError(f"prompt has {n_slots} image positions but images give {n_feats} visual tokens")
+        if n_slots:
+            feats = image_features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ):
+        """Logits [B, T, V]; with labels, the loss averaged over supervised (label != -100) tokens."""
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_images(pixel_values)
+        embeds = self.embed_inputs(input_ids, image_features)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
+        out = self.lm(embeds, attention_mask=attention_mask, position_ids=position_ids)
+        if labels is not None:
+            # shift so that position t predicts token t+1; mean over answer tokens only
+            out.loss = F.cross_entropy(
+                out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return out
+
+    # ---- save / load ----
+    def _skip_prefixes(self) -> tuple[str, ...]:
+        return ("lm.",) if self.cfg.lm.weights == "source" else ()
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        return expected_state(self, self._skip_prefixes())
+
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.state_to_save(), path / WEIGHTS_NAME, metadata={"format": "pt", "vlmkit": "1"})
+        tmp = path / f".{CONFIG_NAME}.tmp"
+        self.cfg.save(tmp)
+        tmp.replace(path / CONFIG_NAME)
+        if tokenizer is not None and self.cfg.lm.weights == "checkpoint":
+            tokenizer.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, lm: LanguageModel | None = None) -> "VisionLanguageModel":
+        path = Path(path)
+        cfg = read_config(path)
+        model = cls(cfg, lm=lm)
+        load_strict(model, read_safetensors(path / WEIGHTS_NAME), model._skip_prefixes(), source=str(path / WEIGHTS_NAME))
+        return model.eval()
+
+
+def read_config(path: Path) -> VLMConfig:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory not found: {path}")
+    cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not cfg_file.is_file() or not weights.is_file():
+        raise ModelLoadError(f"not a vlmkit model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}): {path}")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict) or "vision" not in raw or "lm" not in raw:
+        kind = raw.get("model_type") if isinstance(raw, dict) else None
+        hint = f" (it is a transformers '{kind}' model: use vlmkit.load, which converts it)" if kind else ""
+        raise ModelLoadError(f"{cfg_file} is not a vlmkit config{hint}")
+    try:
+        return VLMConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{cfg_file}: {e}") from e
+
+
+def _with_hf(lm_cfg, lm: LanguageModel):
+    from ..config import LMConfig
+    from .lm import hf_config_dict
+
+    return LMConfig(source=lm_cfg.source, weights=lm_cfg.weights, hf_config=lm_cfg.hf_config or hf_config_dict(lm.model.config))

@@ -1,0 +1,76 @@
+"""Loud weight I/O: atomic safetensors writes and strict, shape-checked loads."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import ModelLoadError
+
+
+def expected_state(module: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The module's state dict with tied duplicates removed (a tied lm_head is stored once)."""
+    out, seen = {}, set()
+    for k, v in module.state_dict().items():
+        if k.startswith(skip_prefixes):
+            continue
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if v.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = (), source: str = "") -> None:
+    """Copy `tensors` into `module`; any missing, unexpected or misshapen tensor is an error naming it."""
+    expected = expected_state(module, skip_prefixes)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    bad_shape = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {_head(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {_head(unexpected)}")
+    if bad_shape:
+        problems.append(f"wrong shape: {_head(bad_shape)}")
+    if problems:
+        raise ModelLoadError(f"weights in {source or 'checkpoint'} do not match the model: " + "; ".join(problems))
+    with torch.no_grad():
+        params = dict(module.named_parameters())
+        params.update(dict(module.named_buffers()))
+        for k, v in tensors.items():
+            params[k].copy_(v.to(params[k].dtype))
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for truncated/corrupt files
+        raise ModelLoadError(f"cannot read weights {path}: {e}") from e
+
+
+def _head(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
