@@ -1,0 +1,51 @@
+"""`vlmkit` command line: thin wrappers over the library, one module per command group.
+
+Each module in COMMANDS defines `register(subparsers)`, which adds its
+subcommand(s) and sets `func(args) -> int` on them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from ..errors import VlmkitError
+
+COMMANDS = [
+    "vlmkit.cli.ask",
+    "vlmkit.cli.tokens",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmkit", description="Build, train, evaluate and serve vision-language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library warnings")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: never let a hub lookup hang
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        return int(args.func(args) or 0)
+    except VlmkitError as e:
+        print(f"vlmkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
