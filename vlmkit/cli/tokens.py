@@ -43,7 +43,10 @@ def run(args) -> int:
             v["hidden_size"] = args.vision_hidden
         if args.image_size:
             v["image_size"] = args.image_size
-        vision = VisionConfig(keep_cls=args.keep_cls, **v)
+        try:
+            vision = VisionConfig(keep_cls=args.keep_cls, **v)
+        except ValueError as e:
+            raise VlmkitError(str(e)) from None
         l = dict(LM_PRESETS[args.lm])
         if args.lm_hidden:
             l["hidden_size"] = args.lm_hidden

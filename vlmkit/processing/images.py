@@ -41,7 +41,9 @@ def load_image(src: ImageInput, limits: ImageLimits | None = None) -> Image.Imag
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ImageError(f"{name}: image is over the limit of {limits.max_pixels:,} pixels ({e})") from None
+        except UnidentifiedImageError as e:
             raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
     w, h = img.size
     if w * h > limits.max_pixels:
