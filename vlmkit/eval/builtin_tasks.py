@@ -1,0 +1,76 @@
+"""Built-in tasks: easy-vqa from its package, and the hook for the visual-world generator.
+
+Each builder takes the eval cache root ($VLMKIT_CACHE/eval) and returns the path of
+a task spec it wrote there, building it once (into a temporary folder, renamed into
+place, so an interrupted build leaves nothing half-written).
+
+visual-world: the generator lives in the data package. The contract is a function
+`vlmkit.data.worlds.build_eval_task(out_dir: Path) -> Path` that writes a task spec
+and samples (shared formats, slices such as counting / colour / spatial / grounding /
+chart / reading / receipt, with their pass bars) under out_dir, idempotently, and
+returns the spec's path. Until it exists, `--tasks visual-world` says so; any spec
+path works meanwhile.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .tasks import TaskError, register_task
+
+EASY_VQA_BAR = 0.95  # the default model's launch bar (issue "Default model")
+WORLD_MODULE, WORLD_BUILDER = "vlmkit.data.worlds", "build_eval_task"
+
+
+def build_easy_vqa(root: Path) -> Path:
+    out = root / "easy-vqa"
+    spec = out / "task.json"
+    if spec.is_file():
+        return spec
+    try:
+        import easy_vqa
+    except ImportError:
+        raise TaskError("the built-in task 'easy-vqa' needs the easy-vqa package: pip install easy-vqa") from None
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".easy-vqa-"))
+    try:
+        (tmp / "images").mkdir()
+        for image_id, src in easy_vqa.get_test_image_paths().items():
+            shutil.copyfile(src, tmp / "images" / f"{image_id}.png")
+        questions, answers, image_ids = easy_vqa.get_test_questions()
+        with open(tmp / "samples.jsonl", "w") as f:
+            for k, (q, a, i) in enumerate(zip(questions, answers, image_ids)):
+                f.write(json.dumps({"id": f"easy-vqa-test-{k}", "image": f"images/{i}.png", "question": q,
+                                    "answers": [a], "metric": "exact", "slice": "easy-vqa"}) + "\n")
+        task = {"name": "easy-vqa", "samples": "samples.jsonl", "pass_bars": {"easy-vqa": EASY_VQA_BAR},
+                "prompt": "{question}", "max_new_tokens": 8}
+        (tmp / "task.json").write_text(json.dumps(task, indent=2) + "\n")
+        try:
+            tmp.rename(out)
+        except OSError:  # another process built it first
+            if not spec.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return spec
+
+
+def build_visual_world(root: Path) -> Path:
+    try:
+        module = importlib.import_module(WORLD_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name and WORLD_MODULE.startswith(e.name):
+            raise TaskError(f"task 'visual-world' needs the visual-world generator ({WORLD_MODULE}.{WORLD_BUILDER}), "
+                            f"which this install lacks; pass a task spec path instead") from None
+        raise
+    build = getattr(module, WORLD_BUILDER, None)
+    if build is None:
+        raise TaskError(f"{WORLD_MODULE} has no {WORLD_BUILDER}(out_dir) -> spec path; pass a task spec path instead")
+    return Path(build(root / "visual-world"))
+
+
+register_task("easy-vqa", build_easy_vqa, "easy-vqa test split: 9,673 questions on 1,000 images, exact match, bar 0.95")
+register_task("visual-world", build_visual_world, f"visual-world slices, from {WORLD_MODULE}.{WORLD_BUILDER}")

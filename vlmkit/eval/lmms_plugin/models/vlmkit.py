@@ -1,0 +1,3 @@
+from ...lmms_adapter import VlmkitLMMS
+
+__all__ = ["VlmkitLMMS"]

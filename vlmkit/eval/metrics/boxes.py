@@ -1,0 +1,38 @@
+"""Grounding: IoU between "<box>x1,y1,x2,y2</box>" boxes, and accuracy at IoU >= 0.5.
+
+Coordinates are normalised to 0-1000 (our shared data format) and treated as
+continuous: area = (x2 - x1) * (y2 - y1), with no +1 pixel convention. The first
+<box> in the prediction counts; a prediction without one, or a box with x2 <= x1 or
+y2 <= y1, has IoU 0. Against several answers a sample takes its best IoU.
+"""
+from __future__ import annotations
+
+import re
+
+_NUM = r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*"
+BOX_RE = re.compile(r"<box>" + ",".join([_NUM] * 4) + r"</box>")
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    m = BOX_RE.search(text)
+    return tuple(float(v) for v in m.groups()) if m else None
+
+
+def iou(a, b) -> float:
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    if ax2 <= ax1 or ay2 <= ay1 or bx2 <= bx1 or by2 <= by1:
+        return 0.0
+    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_iou(prediction: str, answers: list[str]) -> float:
+    pred = parse_box(prediction)
+    if pred is None:
+        return 0.0
+    gts = [parse_box(a) for a in answers]
+    return max((iou(pred, g) for g in gts if g is not None), default=0.0)
