@@ -1,0 +1,37 @@
+"""Boxes in the grounding format: `<box>x1,y1,x2,y2</box>`, integers normalised to 0-1000."""
+from __future__ import annotations
+
+import math
+import re
+
+_BOX = re.compile(r"<box>\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*</box>")
+
+
+def normalise_box(box_px, size: tuple[int, int]) -> list[int]:
+    """Pixel box [x1, y1, x2, y2) -> 0-1000 ints, rounded outward so the box still holds every pixel."""
+    w, h = size
+    x1, y1, x2, y2 = box_px
+    out = [math.floor(x1 * 1000 / w), math.floor(y1 * 1000 / h), math.ceil(x2 * 1000 / w), math.ceil(y2 * 1000 / h)]
+    return [min(1000, max(0, v)) for v in out]
+
+
+def format_box(box: list[int]) -> str:
+    return "<box>" + ",".join(str(int(v)) for v in box) + "</box>"
+
+
+def parse_box(text: str) -> list[int] | None:
+    m = _BOX.search(text)
+    return [int(v) for v in m.groups()] if m else None
+
+
+def box_to_pixels(box: list[int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    w, h = size
+    return box[0] * w / 1000, box[1] * h / 1000, box[2] * w / 1000, box[3] * h / 1000
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
