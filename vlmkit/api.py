@@ -5,22 +5,33 @@
     model.chat([{"role": "user", "content": [{"type": "image", "image": "a.png"},
                                              {"type": "text", "text": "Describe it."}]}])
     model.generate([messages_1, messages_2])   # one batched, left-padded pass
+
+Detail and cost are per request: `tiling=TilingConfig(policy="anyres" | "split" | "native")`
+tiles large images, `merge_threshold=0.9` merges similar neighbouring visual tokens,
+`label_images=True` numbers the images, and a {"type": "video", "video": PATH,
+"num_frames": N | "fps": R} part becomes timestamped frames, as many as the context holds.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 
-from .errors import ModelLoadError
+from .errors import BudgetError, ModelLoadError, VlmkitError
 from .generation import GenerationConfig, GenerationResult, eos_ids, generate_from_embeds
 from .models.lm import load_tokenizer
 from .models.vlm import VisionLanguageModel
 from .processing.chat import Prompt, build_prompt, left_pad
-from .processing.images import ImageProcessor
+from .processing.budget import ON_OVER, degrade_ladder
+from .processing.compress import CompressionReport, merge_spatial, merge_temporal
+from .processing.images import ImageProcessor, load_image, resize_square, to_tensor
+from .processing.tiling import TilingConfig, prompt_layout, tile_image
+from .processing.video import Frame, expand_video_parts, max_frames_for_budget, sample_frames
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_NAMES = ("vlmkit-smol", "vlmkit-smol-untrained")
@@ -37,14 +48,49 @@ def default_model_dir() -> Path:
     raise ModelLoadError("no default model found: pass --model DIR or set VLMKIT_MODEL")
 
 
+@dataclass
+class _Frame:
+    """A video frame in a prompt: always one tile; `features` set when it was merged across time."""
+
+    image: Image.Image
+    features: torch.Tensor | None = None  # [n, D_lm]
+    saved: int = 0  # tokens merged into earlier frames
+
+
+@dataclass
+class _Visual:
+    """One image's share of a prompt: its layout, and its pixels or already-encoded features."""
+
+    layout: list
+    tiles: torch.Tensor | None = None  # [T, 3, S, S] square tiles
+    native: torch.Tensor | None = None  # [3, H, W] one native-resolution image (NaViT)
+    features: torch.Tensor | None = None  # [n, D_lm] when encoded early (token merging)
+    saved: int = 0  # visual tokens merged away
+
+
 class VLM:
-    def __init__(self, model: VisionLanguageModel, tokenizer, image_processor: ImageProcessor | None = None, path: Path | None = None):
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        tokenizer,
+        image_processor: ImageProcessor | None = None,
+        path: Path | None = None,
+        tiling: TilingConfig | None = None,
+        merge_threshold: float | None = None,
+        label_images: bool = False,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.cfg = model.cfg
         self.image_processor = image_processor or ImageProcessor.from_vision_config(model.cfg.vision)
         self.path = path
         self._eos = eos_ids(tokenizer, model.lm.model)
+        # request defaults; None tiling = one square per image through image_processor
+        self.tiling, self.merge_threshold, self.label_images = tiling, merge_threshold, label_images
+        self.last_compression: CompressionReport | None = None  # visual tokens merged away by the last generate()
+        # optional {content hash: [N_visual, D_lm]} store with get/put (the server's LRU): a follow-up
+        # question about the same image skips the vision pass. Keys come from image_cache_key.
+        self.feature_cache = None
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "VLM":
@@ -65,15 +111,151 @@ class VLM:
         return self.cfg.image_seq_len
 
     # ---- prompts ----
-    def prompt(self, messages: list[dict], images: list | None = None) -> Prompt:
-        return build_prompt(self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id, self.tokens_per_image, images)
+    def prompt(
+        self,
+        messages: list[dict],
+        images: list | None = None,
+        tiling: TilingConfig | None = None,
+        merge_threshold: float | None = None,
+        label_images: bool | None = None,
+        max_new_tokens: int = 0,
+    ) -> Prompt:
+        """Token ids with visual positions; per-image layouts when a tiling policy or merging is on."""
+        tiling = tiling if tiling is not None else self.tiling
+        merge = merge_threshold if merge_threshold is not None else self.merge_threshold
+        label = self.label_images if label_images is None else label_images
+        messages = self._expand_videos(messages, merge, max_new_tokens)
+        args = (self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id)
+        if tiling is None and merge is None:
+            return build_prompt(*args, self.tokens_per_image, images, label)
+        tiling = tiling or TilingConfig.for_tower(self.cfg.vision)
+        visuals: list[_Visual] = []
+
+        def layout_for(image) -> list:
+            visuals.append(self._prepare(image, tiling, merge))
+            return visuals[-1].layout
+
+        p = build_prompt(*args, layout_for, images, label)
+        p.visuals = visuals
+        return p
+
+    def fitted_prompt(self, messages: list[dict], max_new_tokens: int = 0, on_over: str = "error", **request) -> Prompt:
+        """A prompt that leaves room for max_new_tokens in the LM context. Over it: BudgetError, or with
+        on_over="degrade" the tiling gives detail up (fewer tiles, then a plain resize) until it fits."""
+        if on_over not in ON_OVER:
+            raise VlmkitError(f"on_over must be one of {ON_OVER}, got {on_over!r}")
+        p = self.prompt(messages, max_new_tokens=max_new_tokens, **request)
+        context = self.cfg.lm.max_position_embeddings
+        if not context or len(p.input_ids) + max_new_tokens <= context:
+            return p
+        tiling = request.get("tiling") or self.tiling
+        if on_over == "degrade" and tiling is not None:
+            most = max((v.tiles.shape[0] for v in p.visuals if v.tiles is not None), default=1)
+            for _step, cheaper in degrade_ladder(tiling, most):
+                p = self.prompt(messages, max_new_tokens=max_new_tokens, **{**request, "tiling": cheaper})
+                if len(p.input_ids) + max_new_tokens <= context:
+                    return p
+        raise BudgetError(
+            f"prompt of {len(p.input_ids):,} tokens plus {max_new_tokens:,} to generate is over the LM context of "
+            f"{context:,}; use fewer images, a cheaper tiling policy, token merging or on_over='degrade'"
+        )
+
+    def _tile_tokens(self, tile_size: int) -> int:
+        return self.cfg.connector.num_output_tokens(self.cfg.vision.tokens_at(tile_size))
+
+    def _prepare(self, image, tiling: TilingConfig, merge: float | None) -> _Visual:
+        if isinstance(image, _Frame):
+            if image.features is not None:
+                return _Visual([image.features.shape[0]], features=image.features, saved=image.saved)
+            tiling = TilingConfig.for_tower(self.cfg.vision)  # a frame is one tile: the frame count carries the detail
+            image = image.image
+        img = load_image(image, self.image_processor.limits, max_side=tiling.working_side)
+        tiled = tile_image(img, tiling, img.info.get("original_size"))
+        v = self.cfg.vision
+        pixels = [to_tensor(t, v.image_mean, v.image_std) for t in tiled.tiles]
+        if tiled.grid.policy == "native":
+            if v.kind != "vit" or self.cfg.connector.kind == "pixel_shuffle":
+                raise VlmkitError("native-resolution tiling needs our ViT and a connector that keeps the token grid (not pixel_shuffle)")
+            grids = [(tiled.grid.rows, tiled.grid.cols)]
+            counts = [self.cfg.connector.num_output_tokens(tiled.grid.rows * tiled.grid.cols + int(v.use_cls and v.keep_cls))]
+            visual = _Visual([], native=pixels[0])
+        else:
+            grids = [None] * len(pixels)  # square token grids
+            counts = [self._tile_tokens(tiling.tile_size)] * len(pixels)
+            visual = _Visual([], tiles=torch.stack(pixels))
+        if merge is not None:
+            feats = self._encode([visual])[0]  # [n, D_lm]
+            merged = [merge_spatial(f, merge, g if g and g[0] * g[1] == f.shape[0] else None) for f, g in zip(feats.split(counts), grids)]
+            counts = [m.tokens.shape[0] for m in merged]
+            visual.features = torch.cat([m.tokens for m in merged])
+            visual.saved = sum(m.saved for m in merged)
+        visual.layout = prompt_layout(tiled.grid, counts)
+        return visual
+
+    @torch.no_grad()
+    def _encode(self, visuals: list[_Visual]) -> list[torch.Tensor]:
+        """Each visual -> [n, D_lm]: square tiles of all images in one batch, native images packed."""
+        out: list[torch.Tensor | None] = [v.features for v in visuals]
+        todo = [i for i, v in enumerate(visuals) if v.features is None and v.tiles is not None]
+        if todo:
+            feats = self.model.encode_images(torch.cat([visuals[i].tiles for i in todo]))  # [sum T, N, D_lm]
+            for i, f in zip(todo, feats.split([visuals[i].tiles.shape[0] for i in todo])):
+                out[i] = f.reshape(-1, f.shape[-1])
+        native = [i for i, v in enumerate(visuals) if v.features is None and v.native is not None]
+        if native:
+            seqs = self.model.vision.forward_features_packed([visuals[i].native for i in native])
+            for i, s in zip(native, seqs):
+                out[i] = self.model.connector(s.unsqueeze(0))[0]
+        return out
+
+    def _expand_videos(self, messages: list[dict], merge: float | None, max_new_tokens: int) -> list[dict]:
+        """Video parts -> timestamped frames, capped so the frames fit the context left after generation."""
+        per_frame = self._tile_tokens(self.cfg.vision.image_size)
+        budget = self.cfg.lm.max_position_embeddings - max_new_tokens - 256  # 256: room for the text of the turn
+
+        def frames_for(part: dict) -> list:
+            cap = max_frames_for_budget(budget, per_frame)
+            if part.get("max_frames"):
+                cap = min(cap, int(part["max_frames"]))
+            frames = sample_frames(part["video"], part.get("num_frames"), part.get("fps"), cap, max_side=self.cfg.vision.image_size)
+            if merge is None:
+                return [Frame(f.time, _Frame(f.image)) for f in frames]
+            v = self.cfg.vision
+            px = torch.stack([to_tensor(resize_square(f.image, v.image_size), v.image_mean, v.image_std) for f in frames])
+            with torch.no_grad():
+                feats = self.model.encode_images(px)  # [F, N, D_lm]
+            return [Frame(f.time, _Frame(f.image, m.tokens, m.saved)) for f, m in zip(frames, merge_temporal(feats, merge))]
+
+        return expand_video_parts(messages, frames_for)
 
     def _embed_batch(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids, mask = left_pad([p.input_ids for p in prompts], pad)
-        images = [im for p in prompts for im in p.images]
-        feats = self.model.encode_images(self.image_processor(images)) if images else None
+        visuals = [v for p in prompts for v in p.visuals]
+        if visuals:
+            feats = torch.cat(self._encode(visuals)).unsqueeze(0)  # [1, total visual tokens, D_lm], filled in order
+        else:
+            images = [im.image if isinstance(im, _Frame) else im for p in prompts for im in p.images]
+            feats = self.encode_images(images) if images else None
         return self.model.embed_inputs(input_ids, feats), mask
+
+    @torch.no_grad()
+    def encode_images(self, images: list) -> torch.Tensor:
+        """Images -> [N, N_visual, D_lm], through feature_cache when one is set."""
+        cache = self.feature_cache
+        if cache is None:
+            return self.model.encode_images(self.image_processor(images))
+        keys = [image_cache_key(im) or f"uncached-{i}" for i, im in enumerate(images)]
+        feats = {k: cache.get(k) for k in dict.fromkeys(keys)}  # the same image twice in a batch is encoded once
+        todo = [k for k, f in feats.items() if f is None]
+        if todo:
+            first = {k: images[keys.index(k)] for k in todo}
+            fresh = self.model.encode_images(self.image_processor(list(first.values())))  # [len(todo), N_visual, D_lm]
+            for k, f in zip(todo, fresh):
+                feats[k] = f
+                if not k.startswith("uncached-"):
+                    cache.put(k, f)
+        return torch.stack([feats[k] for k in keys])
 
     # ---- generation ----
     @torch.no_grad()
@@ -82,13 +264,30 @@ class VLM:
         conversations: list[list[dict]],
         config: GenerationConfig | None = None,
         on_text: Callable[[int, str], None] | None = None,
+        json_schema: dict | None = None,
+        logits_processor: Callable | None = None,
         **kw,
     ) -> list[GenerationResult]:
-        """Many conversations in one left-padded batch; on_text(row, delta) streams."""
+        """Many conversations in one left-padded batch; on_text(row, delta) streams.
+
+        json_schema: constrain every row's output to parse and validate against it (vlmkit.constrained).
+        """
+        request = {k: kw.pop(k) for k in ("tiling", "merge_threshold", "label_images") if k in kw}
+        on_over = kw.pop("on_over", "error")
         config = config or GenerationConfig(**kw)
-        prompts = [self.prompt(c) for c in conversations]
+        prompts = [self.fitted_prompt(c, config.max_new_tokens, on_over, **request) for c in conversations]
+        self.last_compression = compression_report(prompts, self.cfg.image_token_id)
+        if json_schema is not None:
+            from .constrained import json_processor
+
+            logits_processor, config = json_processor(self.tokenizer, json_schema, config, len(prompts), self._eos)
+        return self.generate_prompts(prompts, config, on_text, logits_processor)
+
+    @torch.no_grad()
+    def generate_prompts(self, prompts: list[Prompt], config: GenerationConfig, on_text=None, logits_processor=None) -> list[GenerationResult]:
+        """Prompts already built by `prompt` (a server counts their tokens before queueing them), as one batch."""
         embeds, mask = self._embed_batch(prompts)
-        return generate_from_embeds(self.model.lm, embeds, mask, self.tokenizer, config, self._eos, on_text)
+        return generate_from_embeds(self.model.lm, embeds, mask, self.tokenizer, config, self._eos, on_text, logits_processor)
 
     def chat(self, messages: list[dict], stream: Callable[[str], None] | None = None, **kw) -> str:
         on_text = (lambda _row, delta: stream(delta)) if stream else None
@@ -99,6 +298,12 @@ class VLM:
         images = image if isinstance(image, (list, tuple)) else [image]
         parts = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": question}]
         return self.chat([{"role": "user", "content": parts}], stream=stream, **kw)
+
+
+def compression_report(prompts: list[Prompt], image_token_id: int) -> CompressionReport:
+    """Visual tokens the prompts would have had without merging, and have now."""
+    after = sum(p.input_ids.count(image_token_id) for p in prompts)
+    return CompressionReport(after + sum(v.saved for p in prompts for v in p.visuals), after)
 
 
 def _hf_model_type(path: Path) -> str | None:
@@ -112,6 +317,17 @@ def _hf_model_type(path: Path) -> str | None:
         return None
     if isinstance(raw, dict) and "vision" not in raw and raw.get("model_type") in ("llava", "idefics3", "smolvlm"):
         return raw["model_type"]
+    return None
+
+
+def image_cache_key(image) -> str | None:
+    """A content hash for feature caching: raw bytes, or a PIL image carrying info["content_hash"]; else None."""
+    if isinstance(image, (bytes, bytearray)):
+        import hashlib
+
+        return hashlib.sha256(image).hexdigest()
+    if isinstance(image, Image.Image):
+        return image.info.get("content_hash")
     return None
 
 

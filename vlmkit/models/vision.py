@@ -88,14 +88,63 @@ class ViT(nn.Module):
             x = torch.cat([cls, x], dim=1)  # [B, 1 + N_patches, D]
         return x
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, pixel_values: torch.Tensor, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns (final normed output, hidden_states) with hidden_states[0] = embeddings."""
-        x = self.embed(pixel_values)
+        return self.run_blocks(self.embed(pixel_values), attn_mask)
+
+    def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden_states = [x]
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, attn_mask)
             hidden_states.append(x)
         return self.norm(x), hidden_states
+
+    def forward_packed(self, images: list[torch.Tensor], max_len: int | None = None):
+        """NaViT (Dehghani et al. 2023): images of any size, no padding to a square.
+
+        images: [3, H_i, W_i] each, sides multiples of the patch size. Each image becomes
+        its own sequence (CLS + gh_i * gw_i patches, with position embeddings for its own
+        grid); sequences are packed first-fit into rows of at most max_len tokens (default:
+        all in one row), and a block-diagonal mask keeps every image attending only to itself.
+        Returns (final [P, L, D], hidden_states, spans) with spans[i] = (row, start, end).
+        """
+        seqs = [self.embed(img.unsqueeze(0))[0] for img in images]  # [N_i, D] each
+        lengths = [s.shape[0] for s in seqs]
+        rows, spans = pack_sequences(lengths, max_len)
+        L = max(sum(lengths[i] for i in r) for r in rows)
+        D = seqs[0].shape[-1]
+        x = seqs[0].new_zeros(len(rows), L, D)  # [P, L, D]
+        seg = torch.full((len(rows), L), -1, dtype=torch.long)  # image index per slot, -1 = padding
+        for i, (row, start, end) in enumerate(spans):
+            x[row, start:end] = seqs[i]
+            seg[row, start:end] = i
+        mask = seg.unsqueeze(-1) == seg.unsqueeze(-2)  # [P, L, L] block-diagonal
+        pad = seg == -1
+        # padding slots attend only to themselves: a row of all-False would give NaN in softmax
+        mask = mask & ~pad.unsqueeze(-1) | torch.diag_embed(pad)
+        final, hidden_states = self.run_blocks(x, mask.unsqueeze(1))  # mask [P, 1, L, L] broadcasts over heads
+        return final, hidden_states, spans
+
+
+def pack_sequences(lengths: list[int], max_len: int | None = None) -> tuple[list[list[int]], list[tuple[int, int, int]]]:
+    """First-fit packing, in order: -> (rows of sequence indices, (row, start, end) per sequence)."""
+    if max_len is None:
+        max_len = sum(lengths)
+    rows: list[list[int]] = []
+    used: list[int] = []
+    spans: list[tuple[int, int, int]] = []
+    for i, n in enumerate(lengths):
+        if n > max_len:
+            raise ValueError(f"sequence {i} has {n} tokens, more than the pack length {max_len}")
+        r = next((r for r, u in enumerate(used) if u + n <= max_len), None)
+        if r is None:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        spans.append((r, used[r], used[r] + n))
+        rows[r].append(i)
+        used[r] += n
+    return rows, spans
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -148,6 +197,15 @@ class VisionTower(nn.Module):
         if self.cfg.use_cls and not self.cfg.keep_cls:
             x = x[:, 1:]  # drop CLS, as LLaVA's "default" select strategy does
         return x
+
+    def forward_features_packed(self, images: list[torch.Tensor], max_len: int | None = None) -> list[torch.Tensor]:
+        """Native resolution (our ViT only): [3, H_i, W_i] each -> [N_i, D_vision] each, packed NaViT-style."""
+        if self.cfg.kind != "vit":
+            raise ValueError(f"packed native-resolution encoding needs our ViT (vision.kind='vit'), not {self.cfg.kind!r}")
+        final, hidden_states, spans = self.model.forward_packed(images, max_len)
+        x = final if self.cfg.feature_layer is None else hidden_states[self.cfg.feature_layer]  # [P, L, D]
+        skip = int(self.cfg.use_cls and not self.cfg.keep_cls)
+        return [x[row, start + skip:end] for row, start, end in spans]
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, D_vision]: the normed CLS token, or the mean of normed patch tokens."""

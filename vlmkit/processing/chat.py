@@ -5,13 +5,18 @@ Messages are OpenAI-style: `content` is a string, or a list of parts
   {"type": "image", "image": PATH | bytes | PIL.Image}
   {"type": "image_url", "image_url": {"url": "data:image/png;base64,..." | PATH}}
 A string content may hold `<image>` placeholders, bound in order to `images=`.
-Each placeholder expands to that image's visual tokens (cfg.image_token_id repeated).
+Each placeholder expands to that image's visual tokens (cfg.image_token_id repeated), or to
+a layout: text pieces and runs of visual tokens (tiles with position tags, see tiling.py).
+An image part may carry a "label" (video frames carry their timestamp); with
+label_images=True the others are numbered "Image 1:", "Image 2:", ... so the question
+can refer to them.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -28,6 +33,7 @@ FALLBACK_TEMPLATE = (
 class Prompt:
     input_ids: list[int]
     images: list = field(default_factory=list)  # raw image inputs, in placeholder order
+    visuals: list = field(default_factory=list)  # per image, what the caller prepared for it (tiles, features)
 
 
 def decode_data_url(url: str) -> bytes:
@@ -42,10 +48,19 @@ def decode_data_url(url: str) -> bytes:
         raise ImageError("image data URL has malformed base64") from None
 
 
-def flatten_messages(messages: list[dict], image_token: str, images: list | None = None) -> tuple[list[dict], list]:
+def flatten_messages(messages: list[dict], image_token: str, images: list | None = None, label_images: bool = False) -> tuple[list[dict], list]:
     """Content parts -> plain strings with `image_token` placeholders; returns (messages, images in order)."""
     extra = list(images or [])
     out_msgs, out_images = [], []
+    numbered = 0
+
+    def placeholder(label: str | None = None) -> str:
+        nonlocal numbered
+        if label is None and label_images:
+            numbered += 1
+            label = f"Image {numbered}:"
+        return f"{label} {image_token}" if label else image_token
+
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise VlmkitError(f"message {i} needs 'role' and 'content'")
@@ -56,6 +71,9 @@ def flatten_messages(messages: list[dict], image_token: str, images: list | None
                 raise VlmkitError(f"message {i} has {n} {image_token} placeholder(s) but only {len(extra)} image(s) remain")
             out_images += extra[:n]
             extra = extra[n:]
+            if label_images and n:
+                pieces = content.split(image_token)
+                content = pieces[0] + "".join(placeholder() + p for p in pieces[1:])
             out_msgs.append({"role": m["role"], "content": content})
             continue
         if not isinstance(content, list):
@@ -66,14 +84,14 @@ def flatten_messages(messages: list[dict], image_token: str, images: list | None
             if kind == "text":
                 pieces.append(str(part.get("text", "")))
             elif kind == "image":
-                pieces.append(image_token)
+                pieces.append(placeholder(part.get("label")))
                 out_images.append(part["image"])
             elif kind == "image_url":
                 url = part.get("image_url")
                 url = url.get("url") if isinstance(url, dict) else url
                 if not isinstance(url, str):
                     raise VlmkitError(f"message {i}: image_url part needs a url")
-                pieces.append(image_token)
+                pieces.append(placeholder(part.get("label")))
                 out_images.append(decode_data_url(url) if url.startswith("data:") else url)
             else:
                 raise VlmkitError(f"message {i}: unknown content part type {kind!r}")
@@ -90,24 +108,46 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) 
     )
 
 
-def tokenize_with_images(tokenizer, text: str, image_token: str, image_token_id: int, tokens_per_image: list[int]) -> list[int]:
-    """Tokenise around each placeholder, inserting that image's run of visual ids in its place."""
+def tokenize_with_images(tokenizer, text: str, image_token: str, image_token_id: int, tokens_per_image: list) -> list[int]:
+    """Tokenise around each placeholder, inserting that image's visual ids in its place.
+
+    tokens_per_image[i] is a count, or a layout: a list of text pieces (str) and counts (int).
+    Text is tokenised in the longest pieces between runs of visual ids, as an HF processor
+    tokenises its expanded string when the image token is a special token.
+    """
     segments = text.split(image_token)
     if len(segments) - 1 != len(tokens_per_image):
         raise VlmkitError(f"{len(segments) - 1} placeholders but {len(tokens_per_image)} images")
+    pieces: list = [segments[0]]
+    for layout, seg in zip(tokens_per_image, segments[1:]):
+        for p in ([layout] if isinstance(layout, int) else layout) + [seg]:
+            if isinstance(p, str) and isinstance(pieces[-1], str):
+                pieces[-1] += p
+            else:
+                pieces.append(p)
     ids: list[int] = []
-    for i, seg in enumerate(segments):
-        if seg:
-            ids += tokenizer(seg, add_special_tokens=False)["input_ids"]
-        if i < len(tokens_per_image):
-            ids += [image_token_id] * tokens_per_image[i]
+    for p in pieces:
+        if isinstance(p, str):
+            ids += tokenizer(p, add_special_tokens=False)["input_ids"] if p else []
+        else:
+            ids += [image_token_id] * p
     return ids
 
 
-def build_prompt(tokenizer, messages, image_token: str, image_token_id: int, tokens_per_image: int, images=None) -> Prompt:
-    msgs, imgs = flatten_messages(messages, image_token, images)
+def build_prompt(
+    tokenizer,
+    messages,
+    image_token: str,
+    image_token_id: int,
+    tokens_per_image: int | Callable,
+    images=None,
+    label_images: bool = False,
+) -> Prompt:
+    """tokens_per_image: a count for every image, or layout_for(image) -> count | layout."""
+    msgs, imgs = flatten_messages(messages, image_token, images, label_images)
     text = render(tokenizer, msgs)
-    return Prompt(tokenize_with_images(tokenizer, text, image_token, image_token_id, [tokens_per_image] * len(imgs)), imgs)
+    layouts = [tokens_per_image(im) if callable(tokens_per_image) else tokens_per_image for im in imgs]
+    return Prompt(tokenize_with_images(tokenizer, text, image_token, image_token_id, layouts), imgs)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

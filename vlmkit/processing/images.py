@@ -6,6 +6,7 @@ bomb is refused without allocating its pixels.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,8 +31,14 @@ class ImageLimits:
     max_bytes: int = MAX_BYTES
 
 
-def load_image(src: ImageInput, limits: ImageLimits | None = None) -> Image.Image:
-    """Open, check and decode an image: EXIF orientation applied, converted to RGB."""
+def load_image(src: ImageInput, limits: ImageLimits | None = None, max_side: int | None = None) -> Image.Image:
+    """Open, check and decode an image: EXIF orientation applied, converted to RGB.
+
+    max_side: the working resolution. A larger photo is shrunk while it is decoded
+    (JPEG: libjpeg's 1/2, 1/4, 1/8 DCT scaling via Image.draft; others: Image.reduce),
+    keeping its longer side >= max_side, so nothing downstream touches the full size.
+    The size before shrinking (after EXIF rotation) is kept in img.info["original_size"] as (w, h).
+    """
     limits = limits or ImageLimits()
     if isinstance(src, Image.Image):
         img, name = src, "image"
@@ -50,11 +57,42 @@ def load_image(src: ImageInput, limits: ImageLimits | None = None) -> Image.Imag
         raise ImageError(f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {limits.max_pixels:,}")
     if w == 0 or h == 0:
         raise ImageError(f"{name}: empty image ({w}x{h})")
+    original = (h, w) if _exif_swaps_sides(img) else (w, h)
     try:
-        img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF, not in the pixels
-        return to_rgb(img)
+        if max_side and img.format == "JPEG" and max(w, h) >= 2 * max_side:
+            s = max_side / max(w, h)
+            img.draft(None, (math.ceil(w * s), math.ceil(h * s)))  # decode at 1/k scale, never at full size
+        img = to_rgb(ImageOps.exif_transpose(img))  # phones store rotation in EXIF, not in the pixels
+        if max_side and max(img.size) >= 2 * max_side:
+            img = img.reduce(max(img.size) // max_side)  # integer box filter: fast, and sides stay >= max_side
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data surfaces at decode time
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
+    img.info["original_size"] = original
+    return img
+
+
+def _exif_swaps_sides(img: Image.Image) -> bool:
+    """EXIF orientations 5-8 are rotations by 90 degrees: width and height trade places."""
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # a malformed EXIF block is not worth refusing the image for
+        return False
+
+
+def image_size(src: ImageInput, limits: ImageLimits | None = None) -> tuple[int, int]:
+    """(w, h) as the model will see it (EXIF rotation applied), from the header alone: no pixels decoded."""
+    if isinstance(src, Image.Image):
+        return src.info.get("original_size", src.size)
+    limits = limits or ImageLimits()
+    data, name = _read_bytes(src, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
+    w, h = img.size
+    return (h, w) if _exif_swaps_sides(img) else (w, h)
 
 
 def _read_bytes(src, limits: ImageLimits) -> tuple[bytes, str]:
@@ -90,16 +128,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_square(img: Image.Image, size: int, mode: str = "resize", fill=(255, 255, 255)) -> Image.Image:
-    """`resize` stretches to size x size; `letterbox` keeps the aspect ratio and pads."""
+    """`resize` stretches to size x size; `letterbox` keeps the aspect ratio and centres it on `fill`;
+    `pad` keeps the aspect ratio at the top-left and pads right and bottom (Idefics / Pix2Struct), so
+    the patch grid starts at the image's own corner."""
     if mode == "resize":
         return img.resize((size, size), Image.BICUBIC)
-    if mode == "letterbox":
+    if mode in ("letterbox", "pad"):
         scale = size / max(img.size)
         w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        canvas = Image.new("RGB", (size, size), fill)
-        canvas.paste(img.resize((w, h), Image.BICUBIC), ((size - w) // 2, (size - h) // 2))
+        canvas = Image.new("RGB", (size, size), tuple(fill))
+        at = ((size - w) // 2, (size - h) // 2) if mode == "letterbox" else (0, 0)
+        canvas.paste(img.resize((w, h), Image.BICUBIC), at)
         return canvas
-    raise ValueError(f"resize mode must be 'resize' or 'letterbox', got {mode!r}")
+    raise ValueError(f"resize mode must be 'resize', 'letterbox' or 'pad', got {mode!r}")
+
+
+def mean_fill(mean) -> tuple[int, int, int]:
+    """The tower's mean colour as 8-bit RGB: padding with it normalises to exactly 0 (LLaVA-1.5's expand2square)."""
+    return tuple(int(round(m * 255)) for m in mean)
 
 
 def to_tensor(img: Image.Image, mean, std) -> torch.Tensor:
@@ -121,7 +167,11 @@ class ImageProcessor:
 
     def __call__(self, images: list[ImageInput]) -> torch.Tensor:
         """-> [N, 3, S, S]."""
-        tensors = [to_tensor(resize_square(load_image(im, self.limits), self.size, self.mode), self.mean, self.std) for im in images]
+        fill = mean_fill(self.mean)
+        tensors = [
+            to_tensor(resize_square(load_image(im, self.limits, max_side=self.size), self.size, self.mode, fill), self.mean, self.std)
+            for im in images
+        ]
         if not tensors:
             return torch.empty(0, 3, self.size, self.size)
         return torch.stack(tensors)
