@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 VISION_KINDS = ("vit", "hf_clip", "hf_siglip", "hf_idefics3")
 CONNECTOR_KINDS = ("linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "perceiver", "cabstractor")
+# Connectors whose output length is fixed: (default num_queries, default num_layers), from the papers.
+RESAMPLER_DEFAULTS = {"qformer": (32, 6), "perceiver": (64, 6), "cabstractor": (144, 3)}
+FUSION_KINDS = ("none", "flamingo")
 
 
 @dataclass
@@ -74,23 +78,59 @@ class ConnectorConfig:
     kind: str = "mlp2x_gelu"
     in_dim: int = 0
     out_dim: int = 0
-    hidden_dim: int = 0  # mlp2x_gelu: 0 means out_dim, as in LLaVA-1.5
+    # mlp2x_gelu: 0 means out_dim, as in LLaVA-1.5.
+    # qformer / perceiver / cabstractor: their internal width; 0 means in_dim (the tower's width).
+    hidden_dim: int = 0
     bias: bool = True
     act: str = "gelu"
     scale_factor: int = 2  # pixel_shuffle: r, the space-to-depth factor
-    extra: dict = field(default_factory=dict)  # per-kind options for the connector zoo
+    # qformer / perceiver / cabstractor: visual tokens out, whatever goes in (0 = the paper's default:
+    # 32 queries, 64 latents, 144 = 12x12 pooled cells; a C-Abstractor needs a perfect square).
+    num_queries: int = 0
+    # qformer blocks / perceiver layers / cabstractor conv blocks per stage (0 = 6 / 6 / 3).
+    num_layers: int = 0
+    num_heads: int = 0  # qformer / perceiver attention heads; 0 means hidden_dim // 64 (at least 1)
+    mlp_ratio: float = 4.0  # qformer / perceiver feed-forward width, in multiples of hidden_dim
+    extra: dict = field(default_factory=dict)  # free-form per-kind options
 
     def __post_init__(self):
         if self.kind not in CONNECTOR_KINDS:
             raise ValueError(f"connector.kind must be one of {CONNECTOR_KINDS}, got {self.kind!r}")
         if self.kind == "mlp2x_gelu" and not self.hidden_dim:
             self.hidden_dim = self.out_dim
+        if self.kind in RESAMPLER_DEFAULTS:
+            queries, layers = RESAMPLER_DEFAULTS[self.kind]
+            self.num_queries = self.num_queries or queries
+            self.num_layers = self.num_layers or layers
+            self.hidden_dim = self.hidden_dim or self.in_dim
+            if self.kind != "cabstractor" and self.hidden_dim:  # the attention resamplers
+                self.num_heads = self.num_heads or max(1, self.hidden_dim // 64)
+                if self.hidden_dim % self.num_heads:
+                    raise ValueError(f"connector.hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
+            if self.kind == "cabstractor" and math.isqrt(self.num_queries) ** 2 != self.num_queries:
+                raise ValueError(f"cabstractor pools to a square grid: num_queries {self.num_queries} is not a square")
 
     def num_output_tokens(self, n_in: int) -> int:
         """Visual tokens handed to the LM for `n_in` tower tokens."""
         if self.kind == "pixel_shuffle":
+            side = math.isqrt(n_in)
+            if side * side != n_in or side % self.scale_factor:
+                raise ValueError(f"pixel_shuffle needs a square grid divisible by {self.scale_factor}, got {n_in} tokens")
             return n_in // self.scale_factor**2
+        if self.kind in RESAMPLER_DEFAULTS:
+            return self.num_queries  # fixed by the learned queries / pooled grid, not by resolution
         return n_in
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters on the LM (Hu et al. 2021, through peft). A checkpoint stores only the adapters
+    when the base LM comes from `lm.source`."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
@@ -107,6 +147,7 @@ class LMConfig:
     source: str = "smollm2"
     weights: str = "source"
     hf_config: dict | None = None
+    lora: LoRAConfig | None = None
 
     # derived from hf_config
     hidden_size: int = field(init=False, default=0)
@@ -119,6 +160,8 @@ class LMConfig:
     def __post_init__(self):
         if self.weights not in ("source", "checkpoint"):
             raise ValueError(f"lm.weights must be 'source' or 'checkpoint', got {self.weights!r}")
+        if isinstance(self.lora, dict):
+            self.lora = _from_dict(LoRAConfig, self.lora)
         hc = self.hf_config
         if hc:
             self.hidden_size = hc["hidden_size"]
@@ -135,10 +178,34 @@ class LMConfig:
 
 
 @dataclass
+class FusionConfig:
+    """How visual tokens reach the LM.
+
+    "none": they are placed in the token sequence at the `<image>` placeholders (LLaVA, Idefics3).
+    "flamingo": gated cross-attention blocks before every `every`-th decoder layer read them
+    (models/fusion.py); the sequence holds one marker position per image instead.
+    """
+
+    kind: str = "none"
+    every: int = 4  # a gated block before decoder layers every-1, 2*every-1, ... (OpenFlamingo's cross_attn_every_n_layers)
+    num_heads: int = 0  # 0 means D_lm // 64 (at least 1)
+    ff_mult: int = 4
+    # False: a text token attends to every image before it; True: only to the latest one (the Flamingo paper)
+    last_image_only: bool = False
+
+    def __post_init__(self):
+        if self.kind not in FUSION_KINDS:
+            raise ValueError(f"fusion.kind must be one of {FUSION_KINDS}, got {self.kind!r}")
+        if self.every < 1:
+            raise ValueError(f"fusion.every must be at least 1, got {self.every}")
+
+
+@dataclass
 class VLMConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     lm: LMConfig = field(default_factory=LMConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     # Placeholder id for visual positions in input_ids. Negative ids are outside the
     # vocabulary (LLaVA's -200 trick); converted HF models keep their own in-vocab id.
     image_token_id: int = -200
@@ -146,7 +213,7 @@ class VLMConfig:
     name: str = "vlmkit"
 
     def __post_init__(self):
-        for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig)):
+        for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig), ("fusion", FusionConfig)):
             if isinstance(getattr(self, attr), dict):
                 setattr(self, attr, _from_dict(cls, getattr(self, attr)))
         if self.lm.hidden_size:
@@ -156,7 +223,9 @@ class VLMConfig:
 
     @property
     def image_seq_len(self) -> int:
-        """Visual tokens per image at the tower's native resolution."""
+        """Sequence positions per image at the tower's native resolution (1, the marker, under fusion)."""
+        if self.fusion.kind != "none":
+            return 1
         return self.connector.num_output_tokens(self.vision.num_tokens)
 
     # ---- JSON ----

@@ -1,6 +1,7 @@
 """VisionLanguageModel: vision tower -> connector -> LM, merged at the image placeholders."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import nn
 from ..config import VLMConfig
 from ..errors import ModelLoadError
 from .connectors import build_connector
+from .fusion import build_fusion
 from .lm import LanguageModel
 from .vision import VisionTower
 from .weights import expected_state, load_strict, read_safetensors, save_safetensors
@@ -28,12 +30,15 @@ class VisionLanguageModel(nn.Module):
             else:
                 lm = LanguageModel(cfg.lm)
         # The LM's own config is the truth for its widths; re-derive the connector from it.
-        cfg = VLMConfig(vision=cfg.vision, connector=cfg.connector, lm=_with_hf(cfg.lm, lm), image_token_id=cfg.image_token_id,
-                        image_token=cfg.image_token, name=cfg.name)
+        cfg = dataclasses.replace(cfg, lm=_with_hf(cfg.lm, lm))
         self.cfg = cfg
         self.vision = VisionTower(cfg.vision)
         self.connector = build_connector(cfg.connector)
         self.lm = lm
+        if cfg.lm.lora is not None:
+            self._wrap_lora(cfg.lm.lora)
+        # Flamingo mode: gated cross-attention hooked into the LM's decoder layers (models/fusion.py)
+        self.fusion = build_fusion(cfg, lm)
 
     # ---- forward pieces ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,11 @@ class VisionLanguageModel(nn.Module):
 
         input_ids [B, T] holds cfg.image_token_id at each visual position;
         image_features [N_images, N_visual, D_lm] fills them row-major.
+        In fusion mode each image has one marker position instead, and the features are bound
+        to the LM's cross-attention for the LM calls that follow (see models/fusion.py).
         """
+        if self.fusion is not None:
+            return self.fusion.embed_inputs(self.lm, input_ids, self.cfg.image_token_id, image_features)
         is_image = input_ids == self.cfg.image_token_id
         embeds = self.lm.embed_tokens(input_ids.masked_fill(is_image, 0))  # [B, T, D_lm]
         n_slots = int(is_image.sum())
@@ -82,7 +91,34 @@ class VisionLanguageModel(nn.Module):
 
     # ---- save / load ----
     def _skip_prefixes(self) -> tuple[str, ...]:
-        return ("lm.",) if self.cfg.lm.weights == "source" else ()
+        if self.cfg.lm.weights != "source":
+            return ()
+        if self.cfg.lm.lora is None:
+            return ("lm.",)
+        # LoRA on a source LM: the base weights come from the source, only the adapters are ours
+        return tuple(k for k in self.state_dict() if k.startswith("lm.") and ".lora_" not in k)
+
+    # ---- LoRA (peft) ----
+    def _wrap_lora(self, lora) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules))
+        self.lm.model = get_peft_model(self.lm.model, peft_cfg)  # freezes the base weights
+
+    def add_lora(self, lora) -> None:
+        """Put LoRA adapters (a config.LoRAConfig) on the LM; save_pretrained then stores only the adapters."""
+        if self.cfg.lm.lora is not None:
+            raise ValueError("the LM already has LoRA adapters")
+        self._wrap_lora(lora)
+        self.cfg.lm.lora = lora
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the LM weights (for export): the LM's weights then live in our checkpoint."""
+        if self.cfg.lm.lora is None:
+            return
+        self.lm.model = self.lm.model.merge_and_unload()
+        self.cfg.lm.lora = None
+        self.cfg.lm.weights = "checkpoint"
 
     def state_to_save(self) -> dict[str, torch.Tensor]:
         return expected_state(self, self._skip_prefixes())
@@ -130,4 +166,5 @@ def _with_hf(lm_cfg, lm: LanguageModel):
     from ..config import LMConfig
     from .lm import hf_config_dict
 
-    return LMConfig(source=lm_cfg.source, weights=lm_cfg.weights, hf_config=lm_cfg.hf_config or hf_config_dict(lm.model.config))
+    return LMConfig(source=lm_cfg.source, weights=lm_cfg.weights, hf_config=lm_cfg.hf_config or hf_config_dict(lm.model.config),
+                    lora=lm_cfg.lora)
