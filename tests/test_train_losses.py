@@ -59,3 +59,27 @@ def test_temperature_and_bias_are_learned_and_initialised_as_in_the_papers():
     assert logit_scale.grad is not None and abs(logit_scale.grad.item()) > 0 and abs(bias.grad.item()) > 0
     # at b = -10 every pair looks negative: the loss pushes b up
     assert bias.grad.item() < 0
+
+
+def test_duplicate_captions_are_positives():
+    """With positives marking same-caption pairs, SigLIP labels them +1 and CLIP spreads its target over them."""
+    import torch.nn.functional as F
+
+    from vlmkit.train.losses import clip_loss, same_text_positives, siglip_loss
+
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(4, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1)
+    txt[2] = txt[0]
+    pos = same_text_positives(["a", "b", "a", "c"])
+    assert pos.tolist() == [[True, False, True, False], [False, True, False, False], [True, False, True, False], [False, False, False, True]]
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    logits = scale * img @ txt.t() + bias
+    want = sum(-F.logsigmoid((1.0 if pos[i, j] else -1.0) * logits[i, j]) for i in range(4) for j in range(4)) / 4
+    assert torch.allclose(siglip_loss(img, txt, scale, bias, pos), want, atol=1e-6)
+    lg = scale * img @ txt.t()
+    row = -sum(torch.log_softmax(lg[i], 0)[pos[i]].mean() for i in range(4)) / 4
+    col = -sum(torch.log_softmax(lg[:, j], 0)[pos[:, j]].mean() for j in range(4)) / 4
+    assert torch.allclose(clip_loss(img, txt, scale, pos), (row + col) / 2, atol=1e-6)
+    # the diagonal default is unchanged
+    assert torch.allclose(siglip_loss(img, txt, scale, bias), siglip_loss(img, txt, scale, bias, torch.eye(4, dtype=torch.bool)))

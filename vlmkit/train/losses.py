@@ -23,23 +23,42 @@ def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
 
 
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """image_emb, text_emb [B, D] (L2-normalised), scale = exp(logit_scale) -> scalar."""
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
+    """image_emb, text_emb [B, D] (L2-normalised), scale = exp(logit_scale) -> scalar.
+
+    positives [B, B] (bool) marks extra matching pairs, e.g. two images captioned with the same
+    class prompt; each row's target then spreads evenly over its positives. None = the diagonal.
+    """
     logits = scale * image_emb @ text_emb.t()  # [B_img, B_txt]
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    if positives is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    soft = positives.to(logits.dtype)
+    return (F.cross_entropy(logits, soft / soft.sum(1, keepdim=True)) + F.cross_entropy(logits.t(), soft.t() / soft.t().sum(1, keepdim=True))) / 2
 
 
-def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """image_emb, text_emb [B, D], scale = exp(t'), bias b -> scalar, normalised by B as in the paper."""
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
+    """image_emb, text_emb [B, D], scale = exp(t'), bias b -> scalar, normalised by B as in the paper.
+
+    positives [B, B] (bool): pairs labelled +1 (None = the diagonal). Without it, two images with the
+    same class caption would be pushed apart from each other's (identical) text.
+    """
     logits = scale * image_emb @ text_emb.t() + bias  # [B, B]
-    z = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+    pos = torch.eye(logits.shape[0], device=logits.device, dtype=torch.bool) if positives is None else positives
+    z = 2 * pos.to(logits.dtype) - 1
     return -F.logsigmoid(z * logits).sum() / logits.shape[0]
 
 
-def contrastive_loss(kind: str, image_emb, text_emb, scale, bias=None) -> torch.Tensor:
+def same_text_positives(texts: list[str]) -> torch.Tensor:
+    """[B, B] bool: True where two captions are identical (the diagonal included)."""
+    ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    k = torch.tensor([ids[t] for t in texts])
+    return k[:, None] == k[None, :]
+
+
+def contrastive_loss(kind: str, image_emb, text_emb, scale, bias=None, positives=None) -> torch.Tensor:
     if kind == "clip":
-        return clip_loss(image_emb, text_emb, scale)
+        return clip_loss(image_emb, text_emb, scale, positives)
     if kind == "siglip":
-        return siglip_loss(image_emb, text_emb, scale, bias)
+        return siglip_loss(image_emb, text_emb, scale, bias, positives)
     raise ValueError(f"unknown contrastive loss {kind!r}")

@@ -179,7 +179,11 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
         img, txt = gather_with_grad(img, info), gather_with_grad(txt, info)
         # every process scores the same global batch; all_gather's backward sums the slices' gradients
         # across processes and DDP then averages, so no world_size factor here
-        return contrastive_loss(kind, img, txt, scale, bias) * img.shape[0], 1.0
+        # identical captions ("a photo of a dress" twice in a batch) are positives, not negatives;
+        # identical texts give identical embeddings, which works across processes without gathering strings
+        with torch.no_grad():
+            positives = (txt @ txt.t()) > 1 - 1e-5  # [B, B]
+        return contrastive_loss(kind, img, txt, scale, bias, positives) * img.shape[0], 1.0
 
     towers = {"vision": ["vision."], "connector": ["image_proj.", "text_proj.", "logit_scale", "logit_bias"], "lm": ["text."]}
     return Stage(model, ContrastiveModule(model), CaptionEncoder(ImageProcessor.from_vision_config(model.cfg.vision)),
