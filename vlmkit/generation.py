@@ -125,7 +125,7 @@ def generate_from_embeds(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
     embeds = inputs_embeds
     cache = DynamicCache(config=lm.model.config) if cfg.use_cache else None
-    out = lm(embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cfg.use_cache)
+    out = lm(embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cfg.use_cache, logits_to_keep=1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_token_ids), 0)
 
     for step in range(cfg.max_new_tokens):
@@ -148,7 +148,7 @@ def generate_from_embeds(
             out = lm(new_embed, attention_mask=mask, position_ids=new_pos, past_key_values=cache, use_cache=True)
         else:  # the reference path: recompute the whole sequence every step
             embeds = torch.cat([embeds, new_embed], dim=1)
-            out = lm(embeds, attention_mask=mask, position_ids=positions)
+            out = lm(embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
 
     for s in streams:
         if not s.done:

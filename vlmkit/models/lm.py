@@ -121,7 +121,10 @@ class LanguageModel(nn.Module):
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, D_lm]
         return self.model.get_input_embeddings()(input_ids)
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, logits_to_keep: int = 0):
+        """logits_to_keep=1 computes the vocabulary projection for the last position only: a prefill
+        needs no more, and [B, T, V] logits over a 49k vocabulary cost as much as a few decoder layers."""
+        kw = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         return self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -129,6 +132,7 @@ class LanguageModel(nn.Module):
             past_key_values=past_key_values,
             use_cache=use_cache,
             return_dict=True,
+            **kw,
         )
 
 
