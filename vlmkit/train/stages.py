@@ -77,7 +77,7 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     encoder = ConversationEncoder(tokenizer, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
                                   model.cfg.image_token_id, model.cfg.image_seq_len, max_len, cfg.data.caption_prompt)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    towers = {"vision": ["vision."], "connector": ["connector."], "lm": ["lm."]}
+    towers = {"vision": ["vision."], "connector": ["connector.", "fusion."], "lm": ["lm."]}
     layers = _decoder_layers(model)
     return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers)
 
