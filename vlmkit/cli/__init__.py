@@ -15,7 +15,19 @@ from ..errors import VlmkitError
 
 COMMANDS = [
     "vlmkit.cli.ask",
+    "vlmkit.cli.demo",
     "vlmkit.cli.tokens",
+    "vlmkit.cli.serve",
+    "vlmkit.cli.budget",
+    "vlmkit.cli.train",
+    "vlmkit.cli.plot",
+    "vlmkit.cli.eval",
+    "vlmkit.cli.index",
+    "vlmkit.cli.search",
+    "vlmkit.cli.classify",
+    "vlmkit.cli.data",
+    "vlmkit.cli.extract",
+    "vlmkit.cli.route",
 ]
 
 
