@@ -31,7 +31,7 @@ from torch import nn
 from ..config import VisionConfig, _from_dict, to_dict
 from ..errors import ModelLoadError
 from .vision import VisionTower
-from .weights import expected_state, load_strict, read_safetensors, save_safetensors
+from .weights import expected_state, load_strict, read_model_dir_config, read_safetensors, save_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -374,15 +374,7 @@ def is_dual_encoder_dir(path: str | os.PathLike) -> bool:
 
 
 def read_dual_config(path: Path) -> DualEncoderConfig:
-    if not path.is_dir():
-        raise ModelLoadError(f"model directory not found: {path}")
-    cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not cfg_file.is_file() or not weights.is_file():
-        raise ModelLoadError(f"not a vlmkit model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}): {path}")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
+    cfg_file, raw = read_model_dir_config(path, CONFIG_NAME, WEIGHTS_NAME)
     if not isinstance(raw, dict) or raw.get("architecture") != ARCHITECTURE:
         raise ModelLoadError(f"{path} is not a dual encoder (config.json has no \"architecture\": \"{ARCHITECTURE}\")")
     try:

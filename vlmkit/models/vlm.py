@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from .connectors import build_connector
 from .fusion import build_fusion
 from .lm import LanguageModel
 from .vision import VisionTower
-from .weights import expected_state, load_strict, read_safetensors, save_safetensors
+from .weights import expected_state, load_strict, read_model_dir_config, read_safetensors, save_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -143,15 +142,7 @@ class VisionLanguageModel(nn.Module):
 
 
 def read_config(path: Path) -> VLMConfig:
-    if not path.is_dir():
-        raise ModelLoadError(f"model directory not found: {path}")
-    cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not cfg_file.is_file() or not weights.is_file():
-        raise ModelLoadError(f"not a vlmkit model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}): {path}")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
+    cfg_file, raw = read_model_dir_config(path, CONFIG_NAME, WEIGHTS_NAME)
     if not isinstance(raw, dict) or "vision" not in raw or "lm" not in raw:
         kind = raw.get("model_type") if isinstance(raw, dict) else None
         hint = f" (it is a transformers '{kind}' model: use vlmkit.load, which converts it)" if kind else ""

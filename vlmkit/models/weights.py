@@ -73,5 +73,20 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"cannot read weights {path}: {e}") from e
 
 
+def read_model_dir_config(path: Path, config_name: str = "config.json", weights_name: str = "model.safetensors") -> tuple[Path, object]:
+    """Check that `path` is a model directory and parse its config JSON -> (config file, parsed JSON)."""
+    import json
+
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory not found: {path}")
+    cfg_file, weights = path / config_name, path / weights_name
+    if not cfg_file.is_file() or not weights.is_file():
+        raise ModelLoadError(f"not a vlmkit model directory (needs {config_name} and {weights_name}): {path}")
+    try:
+        return cfg_file, json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
+
+
 def _head(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
