@@ -157,6 +157,14 @@ class Server:
             raise info
         return info
 
+    async def stream_event(self, job: Job):
+        """next_event for a stream already under way: its status line is sent, so a deadline or
+        queue error arrives as an ("error", ApiError) event to format, not as an exception."""
+        try:
+            return await self.next_event(job)
+        except ApiError as e:
+            return "error", e
+
     async def collect(self, job: Job) -> tuple[str, dict]:
         parts = []
         while True:
@@ -221,10 +229,7 @@ class Server:
             try:
                 yield S.chat_chunk(cid, self.model_name, {"role": "assistant", "content": ""})
                 while True:
-                    try:
-                        kind, data = await self.next_event(r.job)
-                    except ApiError as e:
-                        kind, data = "error", e
+                    kind, data = await self.stream_event(r.job)
                     if kind == "delta":
                         yield S.chat_chunk(cid, self.model_name, {"content": data})
                     elif kind == "done":
@@ -297,10 +302,7 @@ class Server:
                 yield S.anthropic_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
                 yield S.anthropic_event("ping", {})
                 while True:
-                    try:
-                        kind, data = await self.next_event(r.job)
-                    except ApiError as e:
-                        kind, data = "error", e
+                    kind, data = await self.stream_event(r.job)
                     if kind == "delta":
                         yield S.anthropic_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": data}})
                     elif kind == "done":
