@@ -16,7 +16,7 @@ from vlmkit.data.seeding import image_hash, split_of_key
 from vlmkit.data.shapes import COLOURS
 
 ndimage = pytest.importorskip("scipy.ndimage")
-GENERATORS = ("shapes", "text", "charts", "receipts")
+GENERATORS = ("shapes", "text", "charts", "receipts", "unsure")
 
 
 def _digest(src, n: int) -> str:
@@ -259,3 +259,17 @@ def test_rendered_text_and_chart_values_are_legible_to_ocr():
                  if s.truth["kind"] == "bar" and min(s.truth["values"]) >= 10)
     found = {t for _, t, _ in (ocr(np.asarray(chart.image))[0] or [])}
     assert {str(v) for v in chart.truth["values"]} <= found
+
+
+def test_unsure_images_are_not_world_scenes_and_every_answer_abstains():
+    from vlmkit.data.unsure import KINDS, UNSURE
+
+    src = make_source("unsure", "train", seed=0, n=40)
+    samples = list(src)
+    assert {s.truth["kind"] for s in samples} == set(KINDS)  # every renderer is drawn
+    assert all(q.answer == UNSURE and q.slice == "unsure" for s in samples for q in s.qa)
+    assert all(len({q.question for q in s.qa}) == len(s.qa) == 2 for s in samples)
+    # photo-like statistics: far more distinct colours than the flat fills of a shape scene
+    colours = lambda im: len(set(im.convert("RGB").getdata()))
+    shapes = make_source("shapes", "train", seed=0, n=5, augment="none")
+    assert np.median([colours(s.image) for s in samples]) > 4 * max(colours(s.image) for s in shapes)

@@ -106,3 +106,24 @@ def test_loss_is_mean_over_answer_tokens():
                                                   ignore_index=IGNORE, reduction="none")
     assert torch.allclose(ours, per_token.sum() / 5, atol=1e-5)
     assert not torch.allclose(ours, per_token.sum() / per_token.numel())  # not a mean over the sequence
+
+
+def test_loss_at_supervised_positions_equals_full_loss():
+    """Training projects only the supervised positions onto the vocabulary; the sum must not change."""
+    from tiny import tiny_vlm
+    from vlmkit.train.losses import lm_loss_sum_at, supervised_positions
+
+    vlm = tiny_vlm()
+    torch.manual_seed(1)
+    ids = torch.randint(3, 1000, (2, 12))
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 8:11] = ids[0, 8:11]
+    labels[1, 3:5] = ids[1, 3:5]
+    keep = supervised_positions(labels)
+    assert keep.tolist() == [2, 3, 7, 8, 9]  # position t predicts token t+1
+    full = vlm.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    kept = vlm.model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep)
+    assert kept.logits.shape[1] == 5
+    want = lm_loss_sum(full.logits, labels)
+    assert torch.allclose(lm_loss_sum_at(kept.logits, labels, keep), want, atol=1e-4)
+    assert want > 0

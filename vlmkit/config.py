@@ -148,6 +148,10 @@ class LMConfig:
     weights: str = "source"
     hf_config: dict | None = None
     lora: LoRAConfig | None = None
+    # A Jinja chat template that replaces the tokenizer's, saved with the model so training and
+    # inference format alike. vlmkit-smol uses plain ChatML: SmolLM2's own template injects a
+    # ~20-token default system prompt into every conversation, a third of a short VQA sample.
+    chat_template: str | None = None
 
     # derived from hf_config
     hidden_size: int = field(init=False, default=0)

@@ -6,7 +6,8 @@
     len(src)                 # map-style, so torch DataLoader takes it as it is
     RecordView(src, "conversation")[0]   # (PIL image, the LLaVA-style record the exporter would write)
 
-Sources: shapes, text, charts, receipts, worlds (their mixture), easy-vqa, fashion-mnist, digits.
+Sources: shapes, text, charts, receipts, worlds (their mixture), unsure (abstentions), easy-vqa,
+fashion-mnist, digits.
 `export(src, DIR)` writes the shared on-disk formats (see writer.py).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .sample import QA, DataError, Sample
 from .seeding import SPLITS
 from .views import RecordView
 
-SYNTHETIC = ("shapes", "text", "charts", "receipts", "worlds")
+SYNTHETIC = ("shapes", "text", "charts", "receipts", "worlds", "unsure")
 FIXED = ("easy-vqa", "fashion-mnist", "digits")
 SOURCES = SYNTHETIC + FIXED
 CLASSIFICATION = ("fashion-mnist", "digits")

@@ -28,6 +28,10 @@ def generator(name: str, size: int | None = None, augment: str | AugmentConfig |
         return TextGenerator(TextConfig(**kw))
     if name == "charts":
         return ChartsGenerator(ChartsConfig(**kw))
+    if name == "unsure":
+        from .unsure import UnsureConfig, UnsureGenerator
+
+        return UnsureGenerator(UnsureConfig(**{k: v for k, v in kw.items() if k == "size"}))
     if name == "receipts":
         return ReceiptsGenerator(ReceiptsConfig(wrong_total_rate=wrong_total_rate, **kw))
     raise KeyError(name)

@@ -9,6 +9,10 @@ A resumed run keeps every prediction without an error and runs the rest in the s
 batches a fresh run would use, so with the same settings it reproduces a fresh run
 exactly. A sample whose inference fails (a broken image, say) is recorded with its
 error, scored as a wrong answer, and retried on resume; it does not stop the run.
+
+Embedding tasks (retrieval, zero-shot; embedding.py) run through the same folder,
+slices and bars with a dual encoder in place of the VLM; they are recomputed, not
+resumed. A run refuses a task its model cannot run before doing any work.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from ..errors import VlmkitError
 from .metrics import evaluate
-from .tasks import Sample, TaskSpec, load_samples, select
+from .tasks import DUAL_ENCODER, GENERATE, VLM, Sample, TaskSpec, check_model_kind, load_samples, select
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +213,16 @@ def score_task(task: TaskSpec, samples: list[Sample], records: list[dict]) -> di
                 extras.update({f"{m}/{k}": v for k, v in res.extras.items()})
         items = [it for g in groups.values() for it in g]
         rows.append(_row(task, sl, metric, list(results), items, score, extras))
-    for sl in task.pass_bars:
-        if sl not in by_slice:
-            rows.append({"name": sl, "slice": sl, "metric": None, "metrics": [], "n": 0, "errors": 0, "score": None,
-                         "extras": {}, "bars": task.pass_bars[sl], "checks": [], "status": "missing"})
+    rows += missing_rows(task, set(by_slice))
     return {"spec": str(task.spec_path or task.samples), "n": len(samples), "errors": sum(1 for r in records if r.get("error")),
             "slices": rows, "per_sample": per_sample}
+
+
+def missing_rows(task, present: set[str]) -> list[dict]:
+    """A row for each slice that has a bar but no samples: a required slice cannot pass by being absent."""
+    return [{"name": sl, "slice": sl, "metric": None, "metrics": [], "n": 0, "errors": 0, "score": None,
+             "extras": {}, "bars": bars, "checks": [], "status": "missing"}
+            for sl, bars in task.pass_bars.items() if sl not in present]
 
 
 def _failed_answer(metric: str, answers: list[str]) -> str:
@@ -250,6 +258,21 @@ def failures(results: dict) -> list[str]:
 
 
 # ---- the whole run ----
+def model_kind(model) -> str:
+    """A dual encoder embeds text (and images); anything else is asked to generate."""
+    return DUAL_ENCODER if callable(getattr(model, "encode_text", None)) else VLM
+
+
+def _run_task(model, task, task_dir: Path, cfg: EvalConfig) -> dict:
+    """score_task's result (with per_sample) for one task of either kind."""
+    if task.kind != GENERATE:
+        from .embedding import load_embedding_samples, run_embedding_task
+
+        return run_embedding_task(model, task, select(load_embedding_samples(task), cfg.limit), task_dir, cfg)
+    samples = select(load_samples(task), cfg.limit)
+    return score_task(task, samples, predict_task(model, task, samples, task_dir, cfg))
+
+
 def run_eval(model, tasks: list[TaskSpec], out_dir: str | Path, cfg: EvalConfig | None = None, model_path: Path | None = None) -> dict:
     """Predict, score and check bars for each task; writes the run folder and returns results.json's content."""
     cfg = cfg or EvalConfig()
@@ -257,14 +280,13 @@ def run_eval(model, tasks: list[TaskSpec], out_dir: str | Path, cfg: EvalConfig 
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise VlmkitError(f"two tasks share a name: {names}")
+    check_model_kind(tasks, model_kind(model))
     model_info = model_fingerprint(model_path if model_path is not None else getattr(model, "path", None))
     _prepare_run_dir(out, _manifest(model_info, tasks, cfg), cfg, names)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     results = {"model": model_info, "started": started, "settings": asdict(cfg), "tasks": {}}
     for task in tasks:
-        samples = select(load_samples(task), cfg.limit)
-        records = predict_task(model, task, samples, out / task.name, cfg)
-        scored = score_task(task, samples, records)
+        scored = _run_task(model, task, out / task.name, cfg)
         per_sample = scored.pop("per_sample")
         with open(out / task.name / SCORES_FILE, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in per_sample)

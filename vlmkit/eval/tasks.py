@@ -15,6 +15,10 @@ Samples, one JSON object a line:
      "slice": str}
 Image paths are relative to the JSONL's folder unless absolute.
 
+Embedding tasks for a dual encoder (retrieval recall, zero-shot accuracy) are specs
+with a "kind" other than "generate"; their formats are in embedding.py. A run takes
+one kind of model: generative tasks need a VLM, embedding tasks a dual encoder.
+
 A task name resolves, in order, to: an existing path (a spec file, a samples
 .jsonl, or a folder holding task.json / task.yaml); a registered task (built-ins
 in builtin_tasks.py, or any added with `register_task`); a folder
@@ -26,13 +30,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ..errors import VlmkitError
 from .metrics import METRICS
 from .metrics.boxes import parse_box
 
 SPEC_NAMES = ("task.json", "task.yaml", "task.yml")
+GENERATE = "generate"
+VLM, DUAL_ENCODER = "vlm", "dual_encoder"  # the two kinds of model a task can need
+MODEL_WORDS = {VLM: "a generative VLM", DUAL_ENCODER: "a dual encoder"}
 
 
 class TaskError(VlmkitError):
@@ -51,6 +58,9 @@ class Sample:
 
 @dataclass
 class TaskSpec:
+    kind: ClassVar[str] = GENERATE
+    model_kind: ClassVar[str] = VLM
+
     name: str
     samples: Path
     pass_bars: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -98,7 +108,12 @@ def load_spec(path: str | Path) -> TaskSpec:
     if path.suffix == ".jsonl":  # a bare samples file: a task with no bars
         return TaskSpec(name=path.stem, samples=path, spec_path=None)
     raw = _read_mapping(path)
-    unknown = set(raw) - {"name", "samples", "pass_bars", "prompt", "max_new_tokens"}
+    kind = raw.get("kind", GENERATE)
+    if kind != GENERATE:
+        from .embedding import load_embedding_spec  # raises on a kind it does not know
+
+        return load_embedding_spec(path, raw)
+    unknown = set(raw) - {"name", "kind", "samples", "pass_bars", "prompt", "max_new_tokens"}
     if unknown:
         raise TaskError(f"{path}: unknown keys {sorted(unknown)}")
     if "samples" not in raw:
@@ -132,9 +147,13 @@ def _read_mapping(path: Path) -> dict:
 
 def load_samples(spec: TaskSpec) -> list[Sample]:
     """Every sample, validated; errors name the file and line."""
-    path = spec.samples
+    return read_samples(spec.name, spec.samples, _sample)
+
+
+def read_samples(task: str, path: Path, parse: Callable) -> list:
+    """parse(raw, root, where) -> a sample with .id, for each line of a samples JSONL; ids must be unique."""
     if not path.is_file():
-        raise TaskError(f"task {spec.name!r}: samples file not found: {path}")
+        raise TaskError(f"task {task!r}: samples file not found: {path}")
     root = path.parent
     samples, seen = [], set()
     with open(path) as f:
@@ -146,13 +165,13 @@ def load_samples(spec: TaskSpec) -> list[Sample]:
                 raw = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TaskError(f"{where}: not valid JSON ({e.msg})") from None
-            s = _sample(raw, root, where)
+            s = parse(raw, root, where)
             if s.id in seen:
                 raise TaskError(f"{where}: duplicate id {s.id!r}")
             seen.add(s.id)
             samples.append(s)
     if not samples:
-        raise TaskError(f"task {spec.name!r}: {path} has no samples")
+        raise TaskError(f"task {task!r}: {path} has no samples")
     return samples
 
 
@@ -178,12 +197,18 @@ def _sample(raw, root: Path, where: str) -> Sample:
     paths = raw.get("images") if "images" in raw else ([raw["image"]] if raw.get("image") is not None else [])
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise TaskError(f"{where}: 'image' must be a path or 'images' a list of paths")
-    images = [p if p.is_absolute() else root / p for p in map(Path, paths)]
-    for p in images:
-        if not p.is_file():
-            raise TaskError(f"{where}: image not found: {p}")
+    images = [image_path(p, root, where) for p in paths]
     return Sample(id=str(raw["id"]), images=images, question=str(raw["question"]), answers=answers, metric=metric,
                   slice=str(raw["slice"]))
+
+
+def image_path(path: str, root: Path, where: str) -> Path:
+    """A sample's image, relative to its JSONL's folder unless absolute; it must exist."""
+    p = Path(path)
+    p = p if p.is_absolute() else root / p
+    if not p.is_file():
+        raise TaskError(f"{where}: image not found: {p}")
+    return p
 
 
 def select(samples: list[Sample], limit: int | None) -> list[Sample]:
@@ -197,6 +222,18 @@ def select(samples: list[Sample], limit: int | None) -> list[Sample]:
             taken[s.slice] = taken.get(s.slice, 0) + 1
             out.append(s)
     return out
+
+
+def check_model_kind(tasks: list, model_kind: str, model_name: str = "the model") -> None:
+    """Refuse, before any work, a task the model cannot run (a VLM has no embeddings, a dual encoder no text output)."""
+    wrong = [t.name for t in tasks if t.model_kind != model_kind]
+    if not wrong:
+        return
+    needed = next(t.model_kind for t in tasks if t.model_kind != model_kind)
+    hint = ("pass --model a dual-encoder directory (such as weights/vlmkit-clip)" if needed == DUAL_ENCODER
+            else "pass --model a VLM directory, or run embedding tasks (retrieval, zeroshot-fmnist) on this one")
+    raise TaskError(f"task(s) {', '.join(map(repr, wrong))} need {MODEL_WORDS[needed]}, but {model_name} is "
+                    f"{MODEL_WORDS[model_kind]}: {hint}; one run evaluates one kind of model")
 
 
 # ---- the registry ----

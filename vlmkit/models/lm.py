@@ -121,10 +121,11 @@ class LanguageModel(nn.Module):
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, D_lm]
         return self.model.get_input_embeddings()(input_ids)
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, logits_to_keep: int = 0):
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, logits_to_keep: int | torch.Tensor = 0):
         """logits_to_keep=1 computes the vocabulary projection for the last position only: a prefill
         needs no more, and [B, T, V] logits over a 49k vocabulary cost as much as a few decoder layers."""
-        kw = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+        keep = isinstance(logits_to_keep, torch.Tensor) or logits_to_keep
+        kw = {"logits_to_keep": logits_to_keep} if keep else {}
         return self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -141,5 +142,9 @@ def load_tokenizer(model_dir: Path | None, lm_cfg: LMConfig):
     from transformers import AutoTokenizer
 
     if model_dir is not None and any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return AutoTokenizer.from_pretrained(model_dir)
-    return AutoTokenizer.from_pretrained(resolve_source(lm_cfg.source))
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    else:
+        tok = AutoTokenizer.from_pretrained(resolve_source(lm_cfg.source))
+    if lm_cfg.chat_template:
+        tok.chat_template = lm_cfg.chat_template
+    return tok

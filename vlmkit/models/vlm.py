@@ -73,15 +73,20 @@ class VisionLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
     ):
-        """Logits [B, T, V]; with labels, the loss averaged over supervised (label != -100) tokens."""
+        """Logits [B, T, V]; with labels, the loss averaged over supervised (label != -100) tokens.
+        logits_to_keep (transformers' meaning): an int keeps the last n positions, a 1-D index tensor
+        those positions; training passes the supervised positions only (see train/losses.py)."""
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
         embeds = self.embed_inputs(input_ids, image_features)
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
-        out = self.lm(embeds, attention_mask=attention_mask, position_ids=position_ids)
+        out = self.lm(embeds, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=logits_to_keep)
         if labels is not None:
+            if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+                raise ValueError("labels need the logits of every position (logits_to_keep=0)")
             # shift so that position t predicts token t+1; mean over answer tokens only
             out.loss = F.cross_entropy(
                 out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100

@@ -22,8 +22,9 @@ import torch
 
 from ..errors import ImageError, VlmkitError
 
-# Used only when a tokenizer ships no chat template (tiny test tokenizers); ChatML layout.
-FALLBACK_TEMPLATE = (
+# Plain ChatML with no injected system turn. Used when a tokenizer ships no chat template (tiny
+# test tokenizers), and by models that choose it (train config model.chat_template = "chatml").
+CHATML_TEMPLATE = FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )

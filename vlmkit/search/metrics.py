@@ -17,18 +17,24 @@ def recall_at_k(similarity: np.ndarray, targets: Sequence, ks: Sequence[int] = K
     """similarity [Q, N]; targets: for each query, the gallery index of its match or a set of them.
 
     -> {k: recall@k}."""
+    ranks = match_ranks(similarity, targets)
+    return {int(k): float((ranks < k).mean()) for k in ks}
+
+
+def match_ranks(similarity: np.ndarray, targets: Sequence) -> np.ndarray:
+    """-> [Q] 0-based rank of each query's best-ranked correct item (recall@k is the mean of rank < k)."""
     sim = np.asarray(similarity, dtype=np.float64)
     Q = sim.shape[0]
     if Q != len(targets):
         raise ValueError(f"{Q} queries but {len(targets)} targets")
-    ranks = np.empty(Q, dtype=np.int64)  # 0-based rank of the best-ranked correct item
+    ranks = np.empty(Q, dtype=np.int64)
     for q, t in enumerate(targets):
         t = np.atleast_1d(np.asarray(list(t) if isinstance(t, (set, frozenset)) else t, dtype=np.int64))
         best = sim[q, t].max()
         wrong = np.ones(sim.shape[1], dtype=bool)
         wrong[t] = False
         ranks[q] = int((sim[q, wrong] >= best).sum())  # wrong items at least as similar rank above it
-    return {int(k): float((ranks < k).mean()) for k in ks}
+    return ranks
 
 
 def embedding_recall(queries: np.ndarray, gallery: np.ndarray, targets: Sequence, ks: Sequence[int] = KS) -> dict[int, float]:

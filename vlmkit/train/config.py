@@ -44,6 +44,7 @@ class ModelSpec:
     text_proj: bool = False  # LiT: the locked text tower's space is the shared space
     loss: str = "siglip"  # contrastive: "clip" or "siglip"
     name: str = ""
+    chat_template: str = ""  # "" keeps the model's; "chatml": plain ChatML, no default system prompt
 
 
 @dataclass

@@ -20,10 +20,11 @@ from torch import nn
 
 from ..config import ConnectorConfig, LMConfig, LoRAConfig, VisionConfig, VLMConfig
 from ..errors import ModelLoadError
+from ..processing.chat import CHATML_TEMPLATE
 from .collate import CaptionEncoder, ConversationEncoder, LMCollator, collate_pairs
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, gather_with_grad
-from .losses import contrastive_loss, lm_loss_sum
+from .losses import contrastive_loss, lm_loss_sum_at, supervised_positions
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ def build_vlm(cfg: TrainConfig) -> Stage:
         tokenizer = load_tokenizer(None, model.cfg.lm)
     if m.name:
         model.cfg.name = m.name
+    if m.chat_template:
+        if m.chat_template != "chatml":
+            raise ConfigError(f"model.chat_template must be \"\" or \"chatml\", got {m.chat_template!r}")
+        model.cfg.lm.chat_template = tokenizer.chat_template = CHATML_TEMPLATE
     if m.vision_init:
         copy_vision(model, Path(m.vision_init))
     if cfg.lora.enabled:
@@ -92,10 +97,14 @@ def _decoder_layers(model) -> list:
 def _vlm_loss(train_module, batch, info: DistInfo):
     dev = info.device
     pix = batch["pixel_values"]
+    labels = batch["labels"].to(dev)
+    keep = supervised_positions(labels)
+    if keep.numel() == 0:  # nothing supervised here: a zero that still reaches every trainable parameter's graph
+        keep = torch.zeros(1, dtype=torch.long, device=dev)
     out = train_module(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
-                       pixel_values=pix.to(dev) if pix is not None else None)
+                       pixel_values=pix.to(dev) if pix is not None else None, logits_to_keep=keep)
     # DDP averages gradients over processes: scale by world_size so the sum over tokens survives
-    return lm_loss_sum(out.logits, batch["labels"].to(dev)), float(info.world_size)
+    return lm_loss_sum_at(out.logits, labels, keep), float(info.world_size)
 
 
 def copy_vision(model, src: Path) -> None:
@@ -106,11 +115,30 @@ def copy_vision(model, src: Path) -> None:
     from ..models.weights import load_strict, read_safetensors
 
     vcfg = read_dual_config(src).vision if is_dual_encoder_dir(src) else read_config(src).vision
-    if to_dict(vcfg) != to_dict(model.cfg.vision):
+    ours = model.cfg.vision
+    # Only the resolution may differ: a tower pretrained small is commonly fine-tuned larger
+    # (the position embeddings are resampled, as ViT/CLIP do when they change resolution).
+    strip = lambda c: {k: v for k, v in to_dict(c).items() if k != "image_size"}
+    if strip(vcfg) != strip(ours):
         raise ModelLoadError(f"model.vision_init {src}: its vision config differs from this model's "
-                             f"(set model.vision to match: {to_dict(vcfg)})")
+                             f"(set model.vision to match: {to_dict(vcfg)}; only image_size may differ)")
     weights = {k[len("vision."):]: v for k, v in read_safetensors(src / "model.safetensors").items() if k.startswith("vision.")}
+    if vcfg.image_size != ours.image_size:
+        if ours.kind != "vit":
+            raise ModelLoadError(f"model.vision_init {src}: resizing {ours.kind} towers is not supported")
+        weights["model.pos_embed"] = resample_grid(weights["model.pos_embed"], ours.grid_size)
+        log.info("vision_init: position embeddings resampled %dpx -> %dpx", vcfg.image_size, ours.image_size)
     load_strict(model.vision, weights, source=str(src))
+
+
+def resample_grid(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1, g*g, D] learned grid position embeddings -> [1, grid*grid, D], bicubic."""
+    g = int(round(pos_embed.shape[1] ** 0.5))
+    if g * g != pos_embed.shape[1]:
+        raise ModelLoadError(f"position embeddings of {pos_embed.shape[1]} rows are not a square grid")
+    pe = pos_embed.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
+    pe = torch.nn.functional.interpolate(pe, size=(grid, grid), mode="bicubic", align_corners=False)
+    return pe.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)
 
 
 # ---- contrastive ----
