@@ -205,8 +205,8 @@ def write_results(rows: list[dict], args, loads: tuple[float, float]) -> str:
     lines += [
         "",
         "TODO accuracy: each connector's accuracy after the same short training budget on the same task (fine detail such as "
-        "counting and small text against coarse questions such as colour) waits for the trained data pipeline (issue "
-        "\"Default model\"); the column stays TODO until then.",
+        "counting and small text against coarse questions such as colour) is measured by bench/connectors/accuracy.py "
+        "(section \"Accuracy after the same training budget\" below); the column stays TODO until its full run is made.",
         "",
         "![prefill latency, KV cache and peak memory per connector](plot.png)",
         "",
@@ -272,7 +272,9 @@ def main():
     loads = (load_start, os.getloadavg()[0])
     (HERE / "results.json").write_text(json.dumps(dict(rows=rows, load_avg_start_end=loads), indent=1) + "\n")
     md = write_results(rows, args, loads)
-    (HERE / "results.md").write_text(md)
+    old = (HERE / "results.md").read_text() if (HERE / "results.md").is_file() else ""
+    kept = old[old.find("\n## "):] if "\n## " in old else ""  # later sections belong to other scripts (accuracy.py)
+    (HERE / "results.md").write_text(md + kept)
     plot(rows, args)
     print(md)
 

@@ -28,6 +28,7 @@ COMMANDS = [
     "vlmkit.cli.data",
     "vlmkit.cli.extract",
     "vlmkit.cli.route",
+    "vlmkit.cli.export",
 ]
 
 

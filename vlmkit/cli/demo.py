@@ -5,11 +5,16 @@ import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+# (image, question, what a correct answer is). The first three are in the model's domain but from
+# outside its training data; the photos are far outside it, where the right answer is an abstention.
 QUESTIONS = [
-    ("astronaut.jpg", "What is the person in this photo wearing?"),
-    ("coffee.jpg", "What is in the cup?"),
-    ("chelsea.jpg", "What animal is this?"),
-    ("chelsea.jpg", "How many shapes are in this image?"),
+    ("shapes.png", "How many shapes are in the image?", "6"),
+    ("shapes.png", "What colour is the small rectangle?", "blue"),
+    ("shapes.png", "Give the bounding box of the small rectangle.", "<box>107,575,201,625</box>"),
+    ("word.png", "What does the text say?", "cokoba"),
+    ("chart.png", "What value does Tue have?", "30"),
+    ("astronaut.jpg", "What is the person in this photo wearing?", "(out of domain: should abstain)"),
+    ("chelsea.jpg", "What animal is this?", "(out of domain: should abstain)"),
 ]
 
 
@@ -30,8 +35,8 @@ def run(args) -> int:
     if "untrained" in name:
         print("NOTE: this model's vision tower and connector are UNTRAINED placeholders: the answers below do not "
               "depend on the image. The trained default (vlmkit-smol) replaces it once trained.")
-    for image, question in QUESTIONS:
+    for image, question, expected in QUESTIONS:
         t = time.perf_counter()
         answer = model.ask(EXAMPLES / image, question, max_new_tokens=args.max_tokens)
-        print(f"\n[{image}] Q: {question}\nA: {answer.strip()}\n({time.perf_counter() - t:.2f} s)")
+        print(f"\n[{image}] Q: {question}\nA: {answer.strip()}\n   expected: {expected}   ({time.perf_counter() - t:.2f} s)")
     return 0

@@ -1,5 +1,8 @@
 """vlmkit eval --model DIR --tasks a,b,c [...]   and   vlmkit eval-compare RUN_A RUN_B
 
+DIR is a generative VLM (tasks such as easy-vqa, visual-world) or a dual encoder (retrieval,
+zeroshot-fmnist); the run refuses a task its model cannot run before building or loading anything.
+
 Exit status of `eval`: 0 when every required slice passes its bar, 1 when one fails
 (the launch check CI wires in), 2 on a usage or data error.
 """
@@ -8,10 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+RECALL_SHOWN = ("recall@5", "recall@10")
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on tasks, by slice, against pass bars")
-    p.add_argument("--model", default=None, help="model directory (default: the bundled vlmkit model)")
+    p.add_argument("--model", default=None, help="model directory, a VLM or a dual encoder (default: the bundled VLM, "
+                   "or the default dual encoder when every task is an embedding task)")
     p.add_argument("--tasks", default=None, help="comma-separated task names or spec paths (see --list-tasks)")
     p.add_argument("--limit", type=int, default=None, help="at most N samples per slice")
     p.add_argument("--batch-size", type=int, default=8)
@@ -33,7 +39,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..errors import VlmkitError
-    from ..eval.tasks import registered_tasks, resolve
+    from ..eval.tasks import check_model_kind, registered_model_kind, registered_tasks, resolve
 
     if args.list_tasks:
         for name, desc in registered_tasks().items():
@@ -46,25 +52,60 @@ def run(args) -> int:
 
     cfg = EvalConfig(limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                      resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    tasks = [resolve(name.strip()) for name in args.tasks.split(",") if name.strip()]  # fail fast, before the model loads
-    from ..api import load
-
-    model = load(args.model)
-    out = Path(args.out) if args.out else Path("runs") / "eval" / (model.path.name if model.path else "model")
-    results = run_eval(model, tasks, out, cfg)
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    model_dir, kind = _model_dir(args.model, names)
+    model_name = str(model_dir) if model_dir else "the default VLM"
+    # a registered task says what it needs before its data is built; a spec path says so once read
+    check_model_kind({n: k for n in names if (k := registered_model_kind(n))}, kind, model_name)
+    tasks = [resolve(name) for name in names]  # fail fast, before the model loads
+    check_model_kind({t.name: t.model_kind for t in tasks}, kind, model_name)
+    model = _load(model_dir, kind)
+    model_dir = model_dir or getattr(model, "path", None)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / (model_dir.name if model_dir else "model")
+    results = run_eval(model, tasks, out, cfg, model_path=model_dir)
     report = write_report(out, results, charts=not args.no_charts)
     rows = [(tname, r) for tname, t in results["tasks"].items() for r in t["slices"]]
     wt, ws, wm = (max(len(x) for x in col) for col in zip(*[(t, r["name"], r["metric"] or "-") for t, r in rows]))
     for tname, r in rows:
         score = "missing" if r["score"] is None else f"{r['score']:.4f}"
         status = {"pass": "PASS", "fail": "FAIL", "missing": "FAIL"}.get(r["status"], "")
-        print(f"{tname:{wt}s}  {r['name']:{ws}s}  {r['metric'] or '-':{wm}s}  n={r['n']:<6d} {score:>9s}  {status}")
+        more = "".join(f"  {k} {r['extras'][k]:.4f}" for k in RECALL_SHOWN if k in r["extras"])  # the headline is recall@1
+        print(f"{tname:{wt}s}  {r['name']:{ws}s}  {r['metric'] or '-':{wm}s}  n={r['n']:<6d} {score:>9s}  {status}{more}")
     print(f"report: {report}")
     if not results["passed"]:
         for f in results["failures"]:
             print(f"FAIL {f}", file=sys.stderr)
         return 1
     return 0
+
+
+def _model_dir(arg: str | None, names: list[str]) -> tuple[Path | None, str]:
+    """The model directory and the kind of model in it. With no --model: the default dual encoder when every
+    task needs one, else None (the default VLM)."""
+    from ..errors import VlmkitError
+    from ..eval.tasks import DUAL_ENCODER, VLM, registered_model_kind
+    from ..models.dual_encoder import default_dual_encoder_dir, is_dual_encoder_dir
+
+    if arg:
+        path = Path(arg)
+        if not path.exists():
+            raise VlmkitError(f"model directory not found: {path}")
+        return path, DUAL_ENCODER if is_dual_encoder_dir(path) else VLM
+    if names and all(registered_model_kind(n) == DUAL_ENCODER for n in names):
+        return default_dual_encoder_dir(), DUAL_ENCODER
+    return None, VLM
+
+
+def _load(model_dir: Path | None, kind: str):
+    from ..eval.tasks import DUAL_ENCODER
+
+    if kind == DUAL_ENCODER:
+        from ..models.dual_encoder import load_dual_encoder
+
+        return load_dual_encoder(model_dir)
+    from ..api import load
+
+    return load(model_dir)
 
 
 def run_compare(args) -> int:

@@ -280,7 +280,7 @@ def run_eval(model, tasks: list[TaskSpec], out_dir: str | Path, cfg: EvalConfig 
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise VlmkitError(f"two tasks share a name: {names}")
-    check_model_kind(tasks, model_kind(model))
+    check_model_kind({t.name: t.model_kind for t in tasks}, model_kind(model))
     model_info = model_fingerprint(model_path if model_path is not None else getattr(model, "path", None))
     _prepare_run_dir(out, _manifest(model_info, tasks, cfg), cfg, names)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")

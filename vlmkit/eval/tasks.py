@@ -224,12 +224,13 @@ def select(samples: list[Sample], limit: int | None) -> list[Sample]:
     return out
 
 
-def check_model_kind(tasks: list, model_kind: str, model_name: str = "the model") -> None:
-    """Refuse, before any work, a task the model cannot run (a VLM has no embeddings, a dual encoder no text output)."""
-    wrong = [t.name for t in tasks if t.model_kind != model_kind]
+def check_model_kind(needs: dict[str, str], model_kind: str, model_name: str = "the model") -> None:
+    """needs: task name -> the model kind it needs. Refuses, before any work, a task the model cannot run
+    (a VLM gives no embeddings, a dual encoder no text)."""
+    wrong = [name for name, kind in needs.items() if kind != model_kind]
     if not wrong:
         return
-    needed = next(t.model_kind for t in tasks if t.model_kind != model_kind)
+    needed = needs[wrong[0]]
     hint = ("pass --model a dual-encoder directory (such as weights/vlmkit-clip)" if needed == DUAL_ENCODER
             else "pass --model a VLM directory, or run embedding tasks (retrieval, zeroshot-fmnist) on this one")
     raise TaskError(f"task(s) {', '.join(map(repr, wrong))} need {MODEL_WORDS[needed]}, but {model_name} is "
@@ -238,17 +239,26 @@ def check_model_kind(tasks: list, model_kind: str, model_name: str = "the model"
 
 # ---- the registry ----
 Builder = Callable[[Path], Path]  # cache root -> path of the spec it wrote (idempotent)
-_REGISTRY: dict[str, tuple[Builder, str]] = {}
+_REGISTRY: dict[str, tuple[Builder, str, str]] = {}
 
 
-def register_task(name: str, builder: Builder, description: str = "") -> None:
-    _REGISTRY[name] = (builder, description)
+def register_task(name: str, builder: Builder, description: str = "", model_kind: str = VLM) -> None:
+    """model_kind: what the task needs (VLM or DUAL_ENCODER), so a mismatch is refused before the task is built."""
+    _REGISTRY[name] = (builder, description, model_kind)
 
 
 def registered_tasks() -> dict[str, str]:
     from . import builtin_tasks  # noqa: F401  (registers the built-ins)
 
-    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+    return {name: desc for name, (_, desc, _) in sorted(_REGISTRY.items())}
+
+
+def registered_model_kind(name: str) -> str | None:
+    """The model kind a registered task name needs, known without building it; None for a path or an unknown name."""
+    if Path(name).expanduser().exists():
+        return None
+    registered_tasks()
+    return _REGISTRY[name][2] if name in _REGISTRY else None
 
 
 def eval_cache() -> Path:
