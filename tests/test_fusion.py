@@ -169,3 +169,21 @@ def test_mistakes_are_clear_errors():
     with pytest.raises(ValueError, match="exceeds the LM's 3 decoder layers"):
         FlamingoFusion(FusionConfig(kind="flamingo", every=4), 32, 3)
     assert set(model.lm.state_dict()) == set(bare.state_dict())  # hooks, not renamed layers
+
+
+def test_api_refuses_tiling_merging_and_video_under_fusion():
+    from PIL import Image
+
+    from vlmkit.errors import VlmkitError
+    from vlmkit.processing.tiling import TilingConfig
+
+    model, _ = fused(vocab_size=49152)
+    vlm = VLM(model, smollm2_tokenizer())
+    msg = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (16, 16))}, {"type": "text", "text": "hi"}]}]
+    assert vlm.prompt(msg).input_ids.count(IMG) == 1  # a whole image is fine
+    for kw in ({"tiling": TilingConfig.for_tower(model.cfg.vision)}, {"merge_threshold": 0.9}):
+        with pytest.raises(VlmkitError, match="fusion"):
+            vlm.prompt(msg, **kw)
+    video = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}, {"type": "text", "text": "what?"}]}]
+    with pytest.raises(VlmkitError, match="video"):
+        vlm.prompt(video)

@@ -123,6 +123,11 @@ class VLM:
         """Token ids with visual positions; per-image layouts when a tiling policy or merging is on."""
         tiling = tiling if tiling is not None else self.tiling
         merge = merge_threshold if merge_threshold is not None else self.merge_threshold
+        if self.cfg.fusion.kind != "none" and (tiling is not None or merge is not None or _has_video(messages)):
+            # under fusion an image is one marker position whose features feed cross-attention;
+            # tiles, merged tokens and frames have no such layout yet
+            raise VlmkitError(f"{self.cfg.fusion.kind} fusion models take whole images only: "
+                              "tiling, token merging and video are not supported with fusion")
         label = self.label_images if label_images is None else label_images
         messages = self._expand_videos(messages, merge, max_new_tokens)
         args = (self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id)
@@ -333,3 +338,8 @@ def image_cache_key(image) -> str | None:
 
 def load(path: str | os.PathLike | None = None) -> VLM:
     return VLM.load(path)
+
+
+def _has_video(messages: list[dict]) -> bool:
+    return any(isinstance(m, dict) and isinstance(m.get("content"), list)
+               and any(isinstance(p, dict) and p.get("type") == "video" for p in m["content"]) for m in messages)
