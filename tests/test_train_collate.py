@@ -127,3 +127,26 @@ def test_loss_at_supervised_positions_equals_full_loss():
     want = lm_loss_sum(full.logits, labels)
     assert torch.allclose(lm_loss_sum_at(kept.logits, labels, keep), want, atol=1e-4)
     assert want > 0
+
+
+def test_length_grouped_batches_cover_the_epoch_and_cut_padding():
+    import random
+
+    from vlmkit.train.data import EpochBatchSampler, record_length
+
+    rng = random.Random(0)
+    lengths = [rng.choice([40, 60, 400, 420]) + rng.randint(0, 9) for _ in range(1000)]
+    plain = EpochBatchSampler(1000, 16, seed=3)
+    grouped = EpochBatchSampler(1000, 16, seed=3, lengths=lengths)
+    for s in (plain, grouped):
+        flat = [i for b in s for i in b]
+        assert sorted(flat) == list(range(1000))  # every sample once per epoch
+    padded = lambda s: sum(len(b) * max(lengths[i] for i in b) for b in s.batches())
+    assert padded(grouped) < 0.7 * padded(plain)  # padding to the longest row is mostly gone
+    assert grouped.batches() == EpochBatchSampler(1000, 16, seed=3, lengths=lengths).batches()  # deterministic
+    grouped.set_position(0, 10)
+    assert list(grouped) == grouped.batches()[10:]  # a resumed run sees the batches it would have
+    grouped.set_position(1, 0)
+    assert grouped.batches() != EpochBatchSampler(1000, 16, seed=3, lengths=lengths).batches()  # a new epoch reshuffles
+    assert record_length({"conversations": [{"from": "human", "value": "abc"}, {"from": "gpt", "value": "de"}]}) == 5
+    assert record_length({"image": "x.png", "text": "a red square"}) == 12

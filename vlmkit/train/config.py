@@ -58,6 +58,7 @@ class DataSpec:
     num_workers: int = 0  # DataLoader worker processes that load images lazily
     shuffle: bool = True
     caption_prompt: str = "Describe the image briefly."  # align on caption pairs: the user turn
+    group_by_length: bool = False  # batch samples of similar length together (less padding on mixed data)
 
     def __post_init__(self):
         if isinstance(self.train, str):

@@ -149,6 +149,13 @@ def resolve_image(ref, root: Path):
     return ref  # PIL image or bytes
 
 
+def record_length(row: dict) -> int:
+    turns = row.get("conversations") or row.get("messages")
+    if isinstance(turns, list):
+        return sum(len(str(t.get("value", t.get("content", "")))) for t in turns if isinstance(t, dict))
+    return len(str(row.get("text", row.get("caption", ""))))
+
+
 class TrainDataset(Dataset):
     """Records + an encoder (record, root) -> dict of tensors; unusable samples become {"skip": reason}."""
 
@@ -159,6 +166,10 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records.rows)
 
+    def lengths(self) -> list[int]:
+        """A cheap length proxy per record (characters of text), for length-grouped batches."""
+        return [record_length(r) for r in self.records.rows]
+
     def __getitem__(self, i: int) -> dict:
         row = self.records.rows[i]
         try:
@@ -166,6 +177,9 @@ class TrainDataset(Dataset):
         except SkipSample as e:
             log.debug("skip %s: %s", row.get("id", i), e)
             return {"skip": e.reason, "id": str(row.get("id", i))}
+
+
+GROUP = 32  # global batches per length-sorted mega-batch
 
 
 class EpochBatchSampler(Sampler):
@@ -176,9 +190,11 @@ class EpochBatchSampler(Sampler):
     resumed run sees exactly the batches an uninterrupted run would.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 lengths: list[int] | None = None):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
+        self.lengths = lengths  # given: batches group samples of similar length (see batches())
         self.epoch, self.start = 0, 0
         if self.num_batches() == 0:
             raise ConfigError(f"{n} samples are fewer than one global batch ({batch_size} x {world_size} processes)")
@@ -200,10 +216,26 @@ class EpochBatchSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> list[list[int]]:
+        """This epoch's global batches, a pure function of (seed, epoch).
+
+        With lengths, as transformers' group_by_length does: the shuffled order is cut into
+        mega-batches of GROUP global batches, each sorted by length, cut into batches, and the
+        batches shuffled. A batch is padded to its longest sample, so on a mixture of 40-token
+        reading samples and 400-token easy-vqa conversations ungrouped batches are mostly padding."""
         order, g = self.order(), self.batch_size * self.world_size
-        for b in range(self.start, self.num_batches()):
-            chunk = order[b * g:(b + 1) * g]
+        if self.lengths is not None and self.shuffle:
+            mega = g * GROUP
+            order = [i for k in range(0, len(order), mega)
+                     for i in sorted(order[k:k + mega], key=lambda i: -self.lengths[i])]
+        out = [order[b * g:(b + 1) * g] for b in range(self.num_batches())]
+        if self.lengths is not None and self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7_919)
+            out = [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for chunk in self.batches()[self.start:]:
             yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
 

@@ -98,7 +98,8 @@ def _train(cfg: TrainConfig, info: dist_.DistInfo, resume: bool, progress: bool,
     groups, counts = param_groups(stage, cfg)
     records = load_records(cfg.data.train, cfg.data.format, cfg.data.hf_format, cfg.data.image_column, cfg.data.text_column)
     dataset = TrainDataset(records, stage.encoder)
-    sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, info.rank, info.world_size)
+    sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, info.rank, info.world_size,
+                                lengths=dataset.lengths() if cfg.data.group_by_length else None)
     loader = make_loader(dataset, sampler, stage.collate, cfg.data.num_workers, cfg.train.seed)
     per_epoch = sampler.num_batches()
     total = cfg.train.max_steps or max(1, (cfg.train.epochs * per_epoch) // cfg.train.grad_accum)
