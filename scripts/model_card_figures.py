@@ -1,0 +1,103 @@
+"""Figures and tables for MODEL_CARD.md: failure galleries from an eval run, and answers on photos.
+
+  .venv/bin/python scripts/model_card_figures.py failures RUN_DIR --task visual-world --slices counting,grounding \
+      --out docs/images/vlmkit-smol-failures.png
+  .venv/bin/python scripts/model_card_figures.py photos --model weights/vlmkit-smol \
+      --out docs/images/vlmkit-smol-photos.png            (prints a markdown table too)
+
+Failures are the first N wrong answers of each slice in sample order (not hand-picked).
+Photos come from scikit-image (public domain / CC0), never seen in training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "rocket", "horse", "text", "coins")
+PHOTO_QUESTIONS = ("What is in this picture?", "How many shapes are in the image?", "What is written in the image?")
+
+
+def failures(args) -> None:
+    from vlmkit.eval.tasks import load_samples, resolve
+
+    task = resolve(args.task)
+    by_id = {s.id: s for s in load_samples(task)}
+    preds = [json.loads(l) for l in (Path(args.run) / task.name / "predictions.jsonl").read_text().splitlines() if l.strip()]
+    scores = {}
+    for line in (Path(args.run) / task.name / "scores.jsonl").read_text().splitlines():
+        if line.strip():
+            s = json.loads(line)
+            scores[s["id"]] = s["score"]
+    rows = []
+    for sl in args.slices.split(","):
+        wrong = [p for p in preds if p["slice"] == sl and scores.get(p["id"], 1.0) < 1.0][:args.n]
+        rows += [(sl, p) for p in wrong]
+    cols = args.n
+    fig, axes = plt.subplots(len(rows) // cols + bool(len(rows) % cols), cols, figsize=(3.2 * cols, 3.9 * (len(rows) // cols + 1)))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (sl, p) in zip(axes.flat, rows):
+        ax.imshow(Image.open(by_id[p["id"]].images[0]).convert("RGB"))
+        text = f"[{sl}] {p['question']}\ntruth: {p['answers'][0]}\nmodel: {p['prediction']}"
+        ax.set_title("\n".join(textwrap.fill(t, 38) for t in text.split("\n")), fontsize=7.5, loc="left")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out} ({len(rows)} failures)")
+
+
+def photos(args) -> None:
+    import numpy as np
+    import skimage.data
+
+    from vlmkit.api import load
+
+    model = load(args.model)
+    fig, axes = plt.subplots(2, len(PHOTOS) // 2, figsize=(4 * len(PHOTOS) // 2, 9))
+    print("| photo | question | answer | s |\n|---|---|---|---:|")
+    for ax, name in zip(axes.flat, PHOTOS):
+        arr = getattr(skimage.data, name)()
+        arr = (arr * 255).astype("uint8") if arr.dtype == bool else arr  # horse is a binary silhouette
+        img = Image.fromarray(arr if arr.ndim == 3 else np.stack([arr] * 3, -1)).convert("RGB")
+        lines = []
+        for q in PHOTO_QUESTIONS:
+            t = time.perf_counter()
+            a = model.ask(img, q, max_new_tokens=32).strip()
+            print(f"| {name} | {q} | {a} | {time.perf_counter() - t:.2f} |")
+            lines.append(textwrap.fill(f"Q: {q} A: {a}", 46))
+        ax.imshow(img)
+        ax.axis("off")
+        ax.set_title(f"{name}\n" + "\n".join(lines), fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=80)
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("failures")
+    f.add_argument("run")
+    f.add_argument("--task", required=True)
+    f.add_argument("--slices", required=True)
+    f.add_argument("--n", type=int, default=4)
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=failures)
+    ph = sub.add_parser("photos")
+    ph.add_argument("--model", default=None)
+    ph.add_argument("--out", required=True)
+    ph.set_defaults(func=photos)
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

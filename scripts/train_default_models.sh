@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (stages 1 and 2),
+# then fp16 exports into weights/. Safe to re-run: finished steps are skipped and an interrupted
+# training run resumes from its latest checkpoint. About 3 hours on 2 CPU cores; run it in the background:
+#   nohup bash scripts/train_default_models.sh > train.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+V=${VLMKIT:-.venv/bin/vlmkit}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+make() {  # make NAME SPLIT OUT [args...]: generate once
+  local name=$1 split=$2 out=$3; shift 3
+  [ -f "$out/manifest.json" ] || $V data make "$name" --split "$split" --out "$out" --no-progress "$@"
+}
+train() {  # train RECIPE RUN_DIR: fresh, resumed, or skipped when finished
+  local recipe=$1 run=$2
+  if [ -f "$run/final/model.safetensors" ]; then echo "done: $run"; return; fi
+  if [ -d "$run/checkpoints" ] && [ -n "$(ls -A "$run/checkpoints")" ]; then $V train "$recipe" --resume --no-progress
+  else $V train "$recipe" --no-progress; fi
+}
+
+make fashion-mnist train data/fmnist/train --n 20000
+make fashion-mnist val data/fmnist/val --n 1000
+make fashion-mnist train data/fmnist-all/train
+make shapes train data/shapes112/train --n 6000 --size 112
+for s in shapes text charts; do make $s val data/$s/val --n 200 --size 224; done
+make shapes train data/shapes/train --n 10000 --size 224
+make text train data/text/train --n 8000 --size 224
+make charts train data/charts/train --n 8000 --size 224
+make easy-vqa train data/easy-vqa/train
+make unsure train data/unsure/train --n 1200
+
+train recipes/vlmkit-clip.toml runs/vlmkit-clip
+train recipes/vlmkit-clip-more.toml runs/vlmkit-clip-more
+train recipes/vlmkit-smol-stage1.toml runs/vlmkit-smol-stage1
+train recipes/vlmkit-smol-stage2.toml runs/vlmkit-smol-stage2
+
+for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-stage2; do
+  name=${m%%:*} run=runs/${m##*:}
+  [ -f "weights/$name.new/model.safetensors" ] || $V export "$run/final" --out "weights/$name.new"
+done
+echo "exports in weights/*.new: compare them (vlmkit eval) before replacing weights/vlmkit-clip and weights/vlmkit-smol"
