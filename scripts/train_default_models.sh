@@ -28,7 +28,7 @@ make shapes train data/shapes/train --n 10000 --size 224
 make text train data/text/train --n 8000 --size 224
 make charts train data/charts/train --n 8000 --size 224
 make easy-vqa train data/easy-vqa/train
-make unsure train data/unsure/train --n 1200
+make unsure train data/unsure-small/train --n 300 --seed 1
 
 train recipes/vlmkit-clip.toml runs/vlmkit-clip
 train recipes/vlmkit-clip-more.toml runs/vlmkit-clip-more

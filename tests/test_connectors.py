@@ -250,3 +250,18 @@ def test_tokens_cli_single_flamingo(capsys):
     out = _tokens(["--connector", "flamingo", "--lm", "smollm2-135m", "--dtype-bytes", "4"], capsys)
     assert "visual tokens to the LM (per image)    1" in out
     assert "visual tokens read by cross-attention  64" in out
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp2x_gelu", "pixel_shuffle"])
+def test_pre_norm_makes_the_connector_blind_to_the_towers_scale(kind):
+    """pre_norm=True: a tower whose features are 400x larger hands the LM the same tokens; off, no new weights."""
+    from vlmkit.config import ConnectorConfig
+    from vlmkit.models.connectors import build_connector
+
+    torch.manual_seed(0)
+    on = build_connector(ConnectorConfig(kind=kind, in_dim=8, out_dim=12, pre_norm=True))
+    off = build_connector(ConnectorConfig(kind=kind, in_dim=8, out_dim=12))
+    x = torch.randn(2, 16, 8)  # [B, N (a 4x4 grid), D_v]
+    assert torch.allclose(on(x), on(400 * x), atol=1e-4)
+    assert not torch.allclose(off(x), off(400 * x), atol=1e-4)  # without it, the scale goes straight through
+    assert set(on.state_dict()) - set(off.state_dict()) == {"norm.weight", "norm.bias"}

@@ -91,6 +91,11 @@ class ConnectorConfig:
     num_layers: int = 0
     num_heads: int = 0  # qformer / perceiver attention heads; 0 means hidden_dim // 64 (at least 1)
     mlp_ratio: float = 4.0  # qformer / perceiver feed-forward width, in multiples of hidden_dim
+    # linear / mlp2x_gelu / pixel_shuffle: a LayerNorm on each vision token first (Qwen2-VL's merger does
+    # this). Needed for towers whose pre-norm hidden states are large: the penultimate layer of our small
+    # ViT reaches norms ~400x SmolLM2's token embeddings, and the LM then learns to ignore the image.
+    # Off by default, as in LLaVA and Idefics3, whose checkpoints have no such weights.
+    pre_norm: bool = False
     extra: dict = field(default_factory=dict)  # free-form per-kind options
 
     def __post_init__(self):

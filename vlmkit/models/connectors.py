@@ -22,16 +22,21 @@ from ..config import ConnectorConfig
 ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
 
 
+def _pre_norm(cfg: ConnectorConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.in_dim) if cfg.pre_norm else nn.Identity()
+
+
 class LinearConnector(nn.Module):
     """One linear layer (LLaVA-1.0)."""
 
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
         self.cfg = cfg
+        self.norm = _pre_norm(cfg)
         self.proj = nn.Linear(cfg.in_dim, cfg.out_dim, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N, D_lm]
-        return self.proj(x)
+        return self.proj(self.norm(x))
 
 
 class MLPConnector(nn.Module):
@@ -40,12 +45,13 @@ class MLPConnector(nn.Module):
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
         self.cfg = cfg
+        self.norm = _pre_norm(cfg)
         self.linear_1 = nn.Linear(cfg.in_dim, cfg.hidden_dim, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.act]()
         self.linear_2 = nn.Linear(cfg.hidden_dim, cfg.out_dim, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N, D_lm]
-        return self.linear_2(self.act(self.linear_1(x)))
+        return self.linear_2(self.act(self.linear_1(self.norm(x))))
 
 
 def pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -70,10 +76,11 @@ class PixelShuffleConnector(nn.Module):
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
         self.cfg = cfg
+        self.norm = _pre_norm(cfg)
         self.proj = nn.Linear(cfg.in_dim * cfg.scale_factor**2, cfg.out_dim, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_lm]
-        return self.proj(pixel_shuffle(x, self.cfg.scale_factor))
+        return self.proj(pixel_shuffle(self.norm(x), self.cfg.scale_factor))
 
 
 # ---- resamplers: a fixed number of visual tokens at any resolution ----
