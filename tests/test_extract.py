@@ -130,6 +130,8 @@ def test_auto_mode_skips_the_untrained_placeholder():
     assert mode == "ocr" and "untrained" in note
     assert resolve_mode("auto", "weights/some-trained-model") == ("ocr+vlm", None)
     assert resolve_mode("vlm", None) == ("vlm", None)
+    mode, note = resolve_mode("auto", None)  # the bundled default never saw a receipt
+    assert mode == "ocr" and "not trained on receipts" in note
 
 
 def test_a_strongly_tilted_photo_is_levelled_and_boxes_still_land_on_the_input():

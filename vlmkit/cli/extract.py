@@ -27,7 +27,8 @@ def register(sub) -> None:
 
 
 def resolve_mode(mode: str, model) -> tuple[str, str | None]:
-    """'auto' -> ocr+vlm, unless the model is the untrained placeholder (its answers would only be noise)."""
+    """'auto' -> ocr+vlm with a model you name; OCR alone with the untrained placeholder (its answers would be
+    noise) and with the bundled default, which never saw a receipt in training (MODEL_CARD.md)."""
     if mode != "auto":
         return mode, None
     from ..api import default_model_dir
@@ -39,6 +40,9 @@ def resolve_mode(mode: str, model) -> tuple[str, str | None]:
         return "ocr", "no VLM found: OCR and the layout parser only"
     if "untrained" in path.name:
         return "ocr", f"{path.name} is an untrained placeholder: OCR and the layout parser only (--mode ocr+vlm to use it anyway)"
+    if not model:
+        return "ocr", (f"the default model ({path.name}) was not trained on receipts: OCR and the layout parser only "
+                       "(--mode ocr+vlm to use it anyway, or --model a document VLM)")
     return "ocr+vlm", None
 
 
