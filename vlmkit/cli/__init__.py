@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        import warnings
+
+        # transformers' deprecation notices (peft trips one) are for library authors, not CLI users
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         return int(args.func(args) or 0)
     except VlmkitError as e:
