@@ -21,7 +21,8 @@ def _tiny_model(**vision_kw):
 def test_vision_init_resamples_position_embeddings(tmp_path):
     """A tower trained at 32 px initialises one at 64 px: same weights, position grid resampled."""
     from vlmkit.models.vlm import VisionLanguageModel
-    from vlmkit.train.stages import copy_vision, resample_grid
+    from vlmkit.models.vision import resize_grid_embed
+    from vlmkit.train.stages import copy_vision
 
     src = save_tiny_vlm(tmp_path / "src", seed=3)  # 32 px, patch 8 -> a 4x4 grid
     ref = VisionLanguageModel.from_pretrained(src).vision.model
@@ -30,11 +31,11 @@ def test_vision_init_resamples_position_embeddings(tmp_path):
     ours = model.vision.model
     assert ours.pos_embed.shape == (1, 64, 24)
     assert torch.equal(ours.blocks[0].attn.qkv.weight, ref.blocks[0].attn.qkv.weight)
-    assert torch.allclose(ours.pos_embed, resample_grid(ref.pos_embed.detach(), 8))
+    assert torch.allclose(ours.pos_embed, resize_grid_embed(ref.pos_embed.detach(), 4, 8, 8))
     assert not torch.allclose(ours.pos_embed[:, :16], ref.pos_embed)  # it really was resampled
     # bicubic 4x4 -> 8x8 -> 4x4 is close to the identity on a smooth grid
     smooth = torch.linspace(0, 1, 16).reshape(1, 16, 1).expand(1, 16, 3).contiguous()
-    assert torch.allclose(resample_grid(resample_grid(smooth, 8), 4), smooth, atol=0.05)
+    assert torch.allclose(resize_grid_embed(resize_grid_embed(smooth, 4, 8, 8), 8, 4, 4), smooth, atol=0.05)
 
 
 def test_vision_init_refuses_other_architectures(tmp_path):

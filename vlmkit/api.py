@@ -31,7 +31,7 @@ from .processing.budget import ON_OVER, degrade_ladder
 from .processing.compress import CompressionReport, merge_spatial, merge_temporal
 from .processing.images import ImageProcessor, load_image, resize_square, to_tensor
 from .processing.tiling import TilingConfig, prompt_layout, tile_image
-from .processing.video import Frame, expand_video_parts, max_frames_for_budget, sample_frames
+from .processing.video import Frame, expand_video_parts, has_video_parts, max_frames_for_budget, sample_frames
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_NAMES = ("vlmkit-smol", "vlmkit-smol-untrained")
@@ -123,7 +123,7 @@ class VLM:
         """Token ids with visual positions; per-image layouts when a tiling policy or merging is on."""
         tiling = tiling if tiling is not None else self.tiling
         merge = merge_threshold if merge_threshold is not None else self.merge_threshold
-        if self.cfg.fusion.kind != "none" and (tiling is not None or merge is not None or _has_video(messages)):
+        if self.cfg.fusion.kind != "none" and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
             # under fusion an image is one marker position whose features feed cross-attention;
             # tiles, merged tokens and frames have no such layout yet
             raise VlmkitError(f"{self.cfg.fusion.kind} fusion models take whole images only: "
@@ -339,7 +339,3 @@ def image_cache_key(image) -> str | None:
 def load(path: str | os.PathLike | None = None) -> VLM:
     return VLM.load(path)
 
-
-def _has_video(messages: list[dict]) -> bool:
-    return any(isinstance(m, dict) and isinstance(m.get("content"), list)
-               and any(isinstance(p, dict) and p.get("type") == "video" for p in m["content"]) for m in messages)

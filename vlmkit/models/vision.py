@@ -75,9 +75,7 @@ class ViT(nn.Module):
         g = self.cfg.grid_size
         if (gh, gw) == (g, g):
             return self.pos_embed
-        pe = self.pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
-        pe = F.interpolate(pe, size=(gh, gw), mode="bicubic", align_corners=False)
-        return pe.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+        return resize_grid_embed(self.pos_embed, g, gh, gw)
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixel_values)  # [B, D, gh, gw]
@@ -124,6 +122,13 @@ class ViT(nn.Module):
         mask = mask & ~pad.unsqueeze(-1) | torch.diag_embed(pad)
         final, hidden_states = self.run_blocks(x, mask.unsqueeze(1))  # mask [P, 1, L, L] broadcasts over heads
         return final, hidden_states, spans
+
+
+def resize_grid_embed(pos_embed: torch.Tensor, g: int, gh: int, gw: int) -> torch.Tensor:
+    """[1, g*g, D] learned grid position embeddings -> [1, gh*gw, D], bicubic (ViT / CLIP at a new resolution)."""
+    pe = pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
+    pe = F.interpolate(pe, size=(gh, gw), mode="bicubic", align_corners=False)
+    return pe.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
 
 
 def pack_sequences(lengths: list[int], max_len: int | None = None) -> tuple[list[list[int]], list[tuple[int, int, int]]]:

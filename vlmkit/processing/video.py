@@ -180,6 +180,15 @@ def max_frames_for_budget(budget_tokens: int, tokens_per_frame: int, label_token
     return max(0, budget_tokens // (tokens_per_frame + label_tokens))
 
 
+def is_video_part(part) -> bool:
+    return isinstance(part, dict) and part.get("type") == "video"
+
+
+def has_video_parts(message) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(is_video_part(p) for p in content)
+
+
 def expand_video_parts(messages: list[dict], frames_for: Callable[[dict], list[Frame]]) -> list[dict]:
     """Replace {"type": "video", "video": PATH, "num_frames": N | "fps": R} parts by timestamped frames.
 
@@ -187,13 +196,12 @@ def expand_video_parts(messages: list[dict], frames_for: Callable[[dict], list[F
     """
     out = []
     for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") == "video" for p in content):
+        if not has_video_parts(m):
             out.append(m)
             continue
         parts = []
-        for p in content:
-            if isinstance(p, dict) and p.get("type") == "video":
+        for p in m["content"]:
+            if is_video_part(p):
                 parts += video_parts(frames_for(p))
             else:
                 parts.append(p)

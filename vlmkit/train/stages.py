@@ -112,6 +112,7 @@ def copy_vision(model, src: Path) -> None:
     from ..config import to_dict
     from ..models.dual_encoder import is_dual_encoder_dir, read_dual_config
     from ..models.vlm import read_config
+    from ..models.vision import resize_grid_embed
     from ..models.weights import load_strict, read_safetensors
 
     vcfg = read_dual_config(src).vision if is_dual_encoder_dir(src) else read_config(src).vision
@@ -126,19 +127,12 @@ def copy_vision(model, src: Path) -> None:
     if vcfg.image_size != ours.image_size:
         if ours.kind != "vit":
             raise ModelLoadError(f"model.vision_init {src}: resizing {ours.kind} towers is not supported")
-        weights["model.pos_embed"] = resample_grid(weights["model.pos_embed"], ours.grid_size)
+        pe, g = weights["model.pos_embed"], vcfg.grid_size  # pe stored fp16 in exports: bicubic runs in fp32
+        if pe.shape[1] != g * g:
+            raise ModelLoadError(f"model.vision_init {src}: {pe.shape[1]} position embeddings for a {g}x{g} grid")
+        weights["model.pos_embed"] = resize_grid_embed(pe.float(), g, ours.grid_size, ours.grid_size).to(pe.dtype)
         log.info("vision_init: position embeddings resampled %dpx -> %dpx", vcfg.image_size, ours.image_size)
     load_strict(model.vision, weights, source=str(src))
-
-
-def resample_grid(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """[1, g*g, D] learned grid position embeddings -> [1, grid*grid, D], bicubic."""
-    g = int(round(pos_embed.shape[1] ** 0.5))
-    if g * g != pos_embed.shape[1]:
-        raise ModelLoadError(f"position embeddings of {pos_embed.shape[1]} rows are not a square grid")
-    pe = pos_embed.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
-    pe = torch.nn.functional.interpolate(pe, size=(grid, grid), mode="bicubic", align_corners=False)
-    return pe.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)
 
 
 # ---- contrastive ----
