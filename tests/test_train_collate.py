@@ -88,15 +88,21 @@ def test_collate_pads_with_ignore_and_counts_answer_tokens(tmp_path):
     assert batch["n_tokens"] == n_sup
 
 
+def _two_answers(seed: int, spans) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random 12-token rows; row i is supervised on spans[i] = (start, stop), the rest IGNORE."""
+    torch.manual_seed(seed)
+    ids = torch.randint(3, 1000, (2, 12))
+    labels = torch.full_like(ids, IGNORE)
+    for row, (a, b) in enumerate(spans):
+        labels[row, a:b] = ids[row, a:b]
+    return ids, labels
+
+
 def test_loss_is_mean_over_answer_tokens():
     from tiny import tiny_vlm
 
     vlm = tiny_vlm()
-    torch.manual_seed(0)
-    ids = torch.randint(3, 1000, (2, 12))
-    labels = torch.full_like(ids, IGNORE)
-    labels[0, 8:11] = ids[0, 8:11]
-    labels[1, 5:7] = ids[1, 5:7]
+    ids, labels = _two_answers(seed=0, spans=((8, 11), (5, 7)))
     out = vlm.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
     n = int((labels[:, 1:] != IGNORE).sum())
     assert n == 5
@@ -114,11 +120,7 @@ def test_loss_at_supervised_positions_equals_full_loss():
     from vlmkit.train.losses import lm_loss_sum_at, supervised_positions
 
     vlm = tiny_vlm()
-    torch.manual_seed(1)
-    ids = torch.randint(3, 1000, (2, 12))
-    labels = torch.full_like(ids, IGNORE)
-    labels[0, 8:11] = ids[0, 8:11]
-    labels[1, 3:5] = ids[1, 3:5]
+    ids, labels = _two_answers(seed=1, spans=((8, 11), (3, 5)))
     keep = supervised_positions(labels)
     assert keep.tolist() == [2, 3, 7, 8, 9]  # position t predicts token t+1
     full = vlm.model(input_ids=ids, attention_mask=torch.ones_like(ids))
