@@ -4,18 +4,14 @@ images shuffled across the batch, and with blank images; plus the norm of visual
   .venv/bin/python scripts/image_ablation.py --model weights/vlmkit-smol --data data/shapes/val/conversations.jsonl
 
 A model that ignores its images scores the same three losses. This is how the first vlmkit-smol run
-was caught: true 1.032, shuffled 1.033, with visual tokens ~380x the norm of text tokens.
+was caught: own 1.032, shuffled 1.033, with visual tokens ~380x the norm of text tokens. Training
+logs the same numbers at every evaluation when the recipe sets `eval.ablation_data`.
 """
 import argparse
-import json
 from pathlib import Path
 
-import torch
-
 from vlmkit.api import load
-from vlmkit.processing.images import ImageProcessor
-from vlmkit.train.collate import IGNORE, ConversationEncoder, LMCollator
-from vlmkit.train.losses import lm_loss_sum
+from vlmkit.train.evaluate import image_ablation
 
 
 def main() -> None:
@@ -26,22 +22,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     m = load(a.model)
-    model, tok = m.model, m.tokenizer
-    path = Path(a.data)
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()][:a.n]
-    enc = ConversationEncoder(tok, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
-                              model.cfg.image_token_id, model.cfg.image_seq_len, 1024, "")
-    batch = LMCollator(tok.pad_token_id)([enc(r, path.parent) for r in rows])
-    ids, px, labels = batch["input_ids"], batch["pixel_values"], batch["labels"]
-    n = int((labels[:, 1:] != IGNORE).sum())
-    with torch.no_grad():
-        feats = model.encode_images(px)  # [B, N_visual, D_lm]
-        text = ids[(ids != model.cfg.image_token_id) & (ids < model.cfg.lm.vocab_size)]
-        print(f"visual token norm {feats.norm(dim=-1).mean():.2f}   text token norm {model.lm.embed_tokens(text).norm(dim=-1).mean():.2f}")
-        perm = torch.randperm(len(px), generator=torch.Generator().manual_seed(a.seed))
-        for name, pv in (("own images", px), ("shuffled images", px[perm]), ("blank images", torch.zeros_like(px))):
-            out = model(input_ids=ids, attention_mask=batch["attention_mask"], pixel_values=pv)
-            print(f"{name:16s} loss {lm_loss_sum(out.logits, labels).item() / n:.3f}  ({n} answer tokens, {len(rows)} conversations)")
+    out = image_ablation(m.model, m.tokenizer, Path(a.data), a.n, seed=a.seed)
+    print(f"visual token norm {out['eval/visual_norm']:.2f}   text token norm {out['eval/text_norm']:.2f}")
+    for name in ("own", "shuffled", "blank"):
+        print(f"{name + ' images':16s} loss {out[f'eval/loss_{name}']:.3f}")
+    print(f"image gain (shuffled - own) {out['eval/image_gain']:+.3f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ class ModelSpec:
     vision: dict = field(default_factory=dict)  # VisionConfig fields for a new tower
     connector: dict = field(default_factory=lambda: {"kind": "mlp2x_gelu"})
     lm: str = "smollm2"  # LMConfig.source
+    # Non-empty: a randomly initialised LM of `lm`'s family with these config fields replaced, e.g.
+    # {num_hidden_layers = 2, hidden_size = 256, ...}; the tokenizer stays `lm`'s. A small decoder
+    # trained from scratch with the tower teaches the tower what captions and answers need (CapPa).
+    lm_config: dict = field(default_factory=dict)
     text: dict = field(default_factory=dict)  # TextTowerConfig fields (contrastive)
     embed_dim: int = 256
     text_proj: bool = False  # LiT: the locked text tower's space is the shared space
@@ -126,6 +130,8 @@ class EvalSpec:
     max_samples: int = 64
     max_new_tokens: int = 16
     batch_size: int = 8
+    ablation_data: str = ""  # held-out conversations JSONL: also log the loss with own vs shuffled images
+    ablation_samples: int = 32
 
 
 @dataclass

@@ -5,7 +5,13 @@ contrastive: zero-shot accuracy on a captions JSONL, each image classified
     act as class prompts).
 align / instruct: answers generated greedily for evaluation samples JSONL
     ({image, question, answers, metric, slice}), scored with vlmkit.eval.metrics
-    when it is installed, else by normalised exact match.
+    when it is installed, else by normalised exact match; with `eval.ablation_data`
+    (held-out conversations) also the image ablation below.
+
+Image ablation: the answer loss with each conversation's own image, with the images
+shuffled across the batch, and with blank images. A model that ignores its images
+(it learned the answer priors and a constant soft prompt) scores the three alike,
+however good its loss looks; `eval/image_gain` = shuffled - own is the check.
 """
 from __future__ import annotations
 
@@ -102,12 +108,57 @@ def eval_zero_shot(model, path: Path, max_samples: int, batch_size: int, device)
     return {"eval/accuracy": sum(hits) / max(1, len(hits)), "eval/n": len(hits), "eval/classes": len(classes)}
 
 
+@torch.no_grad()
+def image_ablation(model, tokenizer, path: Path, n: int = 32, batch_size: int = 8, seed: int = 0) -> dict:
+    """Mean answer-token loss on `n` conversations of `path` with own / shuffled / blank images,
+    and the mean norm of visual tokens against text tokens (they should be of one scale)."""
+    from ..processing.images import ImageProcessor
+    from .collate import IGNORE, ConversationEncoder, LMCollator
+    from .losses import lm_loss_sum
+
+    recs = read_json_records(path)
+    enc = ConversationEncoder(tokenizer, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
+                              model.cfg.image_token_id, model.cfg.image_seq_len, 4096, "")
+    samples = [s for r, root in list(zip(recs.rows, recs.roots))[:n] if len((s := enc(r, root))["pixel_values"]) == 1]
+    if len(samples) < 2:  # shuffling needs one image per conversation, so rows and images chunk together
+        raise ValueError(f"image ablation needs at least 2 one-image conversations in the first {n} of {path}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = LMCollator(pad)(samples)
+    dev = next(model.parameters()).device
+    ids, mask, labels = batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["labels"].to(dev)
+    px = batch["pixel_values"].to(dev)
+    # a derangement within each chunk would be ideal; a seeded permutation of >=8 images is close enough
+    perm = torch.randperm(len(px), generator=torch.Generator().manual_seed(seed)).to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        feats = model.encode_images(px)  # [N_images, N_visual, D_lm]
+        text = ids[(ids != model.cfg.image_token_id) & (ids < model.cfg.lm.vocab_size) & (mask > 0)]
+        out = {"eval/visual_norm": feats.norm(dim=-1).mean().item(),
+               "eval/text_norm": model.lm.embed_tokens(text).norm(dim=-1).mean().item()}
+        n_tok = int((labels[:, 1:] != IGNORE).sum())
+        for name, pv in (("own", px), ("shuffled", px[perm]), ("blank", torch.zeros_like(px))):
+            total = 0.0
+            for i in range(0, len(ids), batch_size):
+                sl = slice(i, i + batch_size)
+                logits = model(input_ids=ids[sl], attention_mask=mask[sl], pixel_values=pv[sl]).logits
+                total += lm_loss_sum(logits, labels[sl]).item()
+            out[f"eval/loss_{name}"] = total / max(1, n_tok)
+    finally:
+        model.train(was_training)
+    out["eval/image_gain"] = out["eval/loss_shuffled"] - out["eval/loss_own"]
+    return out
+
+
 def run_eval(stage_name: str, model, tokenizer, spec, device) -> dict:
     path = Path(spec.data)
     with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG (exact resume)
         if stage_name == "contrastive":
             return eval_zero_shot(model, path, spec.max_samples, spec.batch_size, device)
-        return eval_vqa(model, tokenizer, path, spec.max_samples, spec.max_new_tokens, spec.batch_size, device)
+        out = eval_vqa(model, tokenizer, path, spec.max_samples, spec.max_new_tokens, spec.batch_size, device)
+        if spec.ablation_data:
+            out.update(image_ablation(model, tokenizer, Path(spec.ablation_data), spec.ablation_samples, spec.batch_size))
+        return out
 
 
 def write_jsonl(path: Path, record: dict) -> None:

@@ -58,9 +58,9 @@ def build_vlm(cfg: TrainConfig) -> Stage:
         model = VisionLanguageModel.from_pretrained(m.init)
         tokenizer = load_tokenizer(Path(m.init), model.cfg.lm)
     else:
-        lm = LanguageModel.from_source(m.lm)
+        lm = _small_lm(m.lm, m.lm_config) if m.lm_config else LanguageModel.from_source(m.lm)
         vcfg = VLMConfig(vision=VisionConfig(**m.vision), connector=ConnectorConfig(**m.connector),
-                         lm=LMConfig(source=m.lm), name=m.name or "vlmkit")
+                         lm=lm.cfg, name=m.name or "vlmkit")
         model = VisionLanguageModel(vcfg, lm=lm)
         tokenizer = load_tokenizer(None, model.cfg.lm)
     if m.name:
@@ -85,6 +85,21 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     towers = {"vision": ["vision."], "connector": ["connector.", "fusion."], "lm": ["lm."]}
     layers = _decoder_layers(model)
     return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers)
+
+
+def _small_lm(source: str, overrides: dict):
+    """A fresh LM of `source`'s architecture with some config fields replaced (the weights are random)."""
+    from transformers import AutoConfig
+
+    from ..models.lm import LanguageModel, hf_config_dict, resolve_source
+
+    hc = hf_config_dict(AutoConfig.from_pretrained(resolve_source(source)))
+    unknown = sorted(set(overrides) - set(hc))
+    if unknown:
+        raise ConfigError(f"model.lm_config: {unknown} are not fields of {source}'s config")
+    hc.update(overrides)
+    # its weights exist only in our checkpoint; the tokenizer still comes from `source`
+    return LanguageModel(LMConfig(source=source, weights="checkpoint", hf_config=hc))
 
 
 def _decoder_layers(model) -> list:
