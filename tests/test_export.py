@@ -37,3 +37,20 @@ def test_export_refuses_a_non_model_folder_and_a_full_destination(tmp_path, caps
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["export", str(src), "--out", str(tmp_path / "full")]) == 2
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_notice_travels_with_the_weights_and_the_demo_prints_it(tmp_path, capsys):
+    """A model's caveat (undertrained, placeholder) lives in its config.json, not in a name check."""
+    from vlmkit.api import load
+
+    src = save_tiny_vlm(tmp_path / "src")
+    assert load(src).cfg.notice == ""
+    out = tmp_path / "warned"
+    assert main(["export", str(src), "--out", str(out), "--notice", "misses every bar; see MODEL_CARD.md"]) == 0
+    assert load(out).cfg.notice == "misses every bar; see MODEL_CARD.md"
+    capsys.readouterr()
+    assert main(["demo", "--model", str(out), "--max-tokens", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[1] == "NOTE: misses every bar; see MODEL_CARD.md"
+    assert main(["demo", "--model", str(src), "--max-tokens", "1"]) == 0
+    assert "NOTE" not in capsys.readouterr().out

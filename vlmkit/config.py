@@ -220,6 +220,9 @@ class VLMConfig:
     image_token_id: int = -200
     image_token: str = "<image>"
     name: str = "vlmkit"
+    # What a user must know before trusting the answers (an undertrained or placeholder model), saved
+    # with the weights so every front end can say it: `vlmkit export --notice`, printed by demo and ask.
+    notice: str = ""
 
     def __post_init__(self):
         for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig), ("fusion", FusionConfig)):

@@ -12,8 +12,19 @@ and schedule. Each is then scored by the evaluation harness (vlmkit.eval.harness
   also          spatial (left/right, top/bottom), grounding (box at IoU >= 0.5)
 
     .venv/bin/python bench/connectors/accuracy.py                  # 300 steps x 16, 100 questions per slice
+    .venv/bin/python bench/connectors/accuracy.py --decoder small  # the CPU-sized proxy (below)
     .venv/bin/python bench/connectors/accuracy.py --steps 2 --batch-size 2 --n-train 16 --n-test 8 \
         --connectors linear,qformer --out /tmp/acc --md /tmp/acc/results.md        # a smoke run
+
+--decoder small: SmolLM2 in the loop costs ~1 s per sample on a CPU core (hours per connector at the
+default budget), so the proxy replaces it with a fresh 4-layer, 256-wide decoder of SmolLM2's family
+and tokenizer (vlmkit.train.stages.small_lm) that trains together with the connector (stage instruct,
+the tower still frozen). Every row still shares tower, decoder init, data and budget; what it ranks is
+how much each connector passes on from the tower, not how well SmolLM2 reads it.
+
+The linear, mlp2x_gelu and pixel_shuffle rows get `pre_norm` (a LayerNorm per tower token): the
+resamplers normalise their input inside, and without it the projections see vlmkit's ViT residual
+stream at its raw scale (see MODEL_CARD.md).
 
 Writes OUT/results.json and OUT/plot.png, and merges the section "Accuracy after the same training
 budget" into --md (bench/connectors/results.md). Data, initial weights, runs and eval folders go to
@@ -43,7 +54,11 @@ PLOTTED = ("counting", "colour", "reading")
 SECTION = "## Accuracy after the same training budget"
 DEFAULTS = dict(steps=300, batch_size=16, lr=1e-3, n_train=2400, n_test=100, eval_batch_size=16,
                 vision_init="weights/vlmkit-clip", out="bench/connectors/accuracy", md="bench/connectors/results.md",
-                work="/tmp/vlmkit-connector-accuracy")
+                work="/tmp/vlmkit-connector-accuracy", decoder="smollm2")
+DECODERS = ("smollm2", "small")
+# --decoder small: the decoder of recipes/vlmkit-smol-tower.toml
+SMALL_DECODER = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=4, head_dim=64)
 
 
 def zoo():
@@ -76,21 +91,32 @@ def make_data(work: Path, n_train: int, n_test: int) -> dict[str, list[Path]]:
 
 
 # ---- one connector: build, train, evaluate ----
-def make_init(kind: str, path: Path) -> Path:
+def make_init(kind: str, path: Path, decoder: str) -> Path:
     """run.py's variant at 112 px, untrained, saved as a model dir for model.init: the training config has no
     fusion setting, so a starting directory is how the flamingo variant (and, alike, every other) gets in."""
-    from vlmkit.models.lm import LanguageModel
+    from vlmkit.models.lm import LanguageModel, load_tokenizer
+    from vlmkit.train.stages import small_lm
 
-    model = zoo().build(kind, SIZE, LanguageModel.from_source("smollm2"))[0]
-    model.save_pretrained(path)  # the LM stays "source": only tower, connector (and fusion) weights are written
+    import torch
+
+    torch.manual_seed(0)  # the small decoder starts from the same random weights in every row
+    lm = LanguageModel.from_source("smollm2") if decoder == "smollm2" else small_lm("smollm2", SMALL_DECODER)
+    model = zoo().build(kind, SIZE, lm, pre_norm=True)[0]
+    # SmolLM2 stays "source" (only tower, connector and fusion weights are written); the small decoder's
+    # weights live in the directory
+    model.save_pretrained(path, tokenizer=load_tokenizer(None, lm.cfg))
     return path
 
 
 def train_config(kind: str, init: Path, train_files: list[Path], run_dir: Path, args):
     from vlmkit.train.config import from_dict
 
+    small = args.decoder == "small"
     return from_dict({
-        "stage": "align",  # vision and LM frozen; connector.* and fusion.* train (vlmkit/train/stages.py)
+        # align: vision and LM frozen; connector.* and fusion.* train (vlmkit/train/stages.py).
+        # The small decoder starts random, so it trains too (instruct, no LoRA); the tower stays frozen.
+        "stage": "instruct" if small else "align",
+        **({"vision": {"freeze": True}, "lm": {"freeze": False}} if small else {}),
         "out_dir": str(run_dir),
         "model": {"init": str(init), "vision_init": str(ROOT / args.vision_init), "name": f"connector-{kind}",
                   "chat_template": "chatml"},  # no 20-token default system prompt per sample
@@ -132,9 +158,9 @@ def measure_kind(kind: str, args) -> dict:
 
     work = ROOT / args.work  # every path flag is relative to the repository root (the child's cwd)
     dirs = {split: [data_dir(work, n, split, getattr(args, f"n_{split}")) for n in SOURCES] for split in ("train", "test")}
-    run_dir = work / "runs" / f"{kind}-{args.steps}x{args.batch_size}"
+    run_dir = work / "runs" / f"{kind}-{args.decoder}-{args.steps}x{args.batch_size}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale metrics.jsonl (appended to) would mix into step_s
-    init = make_init(kind, work / "init" / kind)
+    init = make_init(kind, work / "init" / f"{kind}-{args.decoder}", args.decoder)
     t0 = time.perf_counter()
     result = train(train_config(kind, init, dirs["train"], run_dir, args), progress=False)
     train_s = time.perf_counter() - t0
@@ -187,15 +213,22 @@ def table(rows: list[dict]) -> list[str]:
 
 def section(rows: list[dict], args, plot_rel: str) -> str:
     ns = sorted({v["n"] for r in rows if "slices" in r for v in r["slices"].values()})
+    if args.decoder == "small":
+        lm_text = ("a fresh 4-layer, 256-wide decoder of SmolLM2's family and tokenizer (the CPU-sized proxy, see "
+                   "the script's docstring), trained with the connector (stage instruct); the tower frozen")
+        learns = "connector, flamingo's blocks and marker, and the decoder learn"
+    else:
+        lm_text = "SmolLM2-135M-Instruct, both frozen"
+        learns = "stage align (only the connector, and flamingo's blocks and marker, learn)"
     devices = sorted({f"training on {r['train_device']}, evaluation on {r['eval_device']}" for r in rows if "train_device" in r})
     lines = [
         SECTION,
         "",
         f"Command: {command(args)}  ",
         f"Setup: the trained vlmkit-clip ViT ({args.vision_init}: {SIZE} px, patch 14, 64 tower tokens) and "
-        "SmolLM2-135M-Instruct, both frozen; each connector built as in the table above (flamingo = perceiver + gated "
-        "cross-attention every 4th layer) and trained through `vlmkit.train.loop.train`, stage align (only the connector, "
-        "and flamingo's blocks and marker, learn). Same recipe for all: "
+        f"{lm_text}; each connector built as in the table above (flamingo = perceiver + gated cross-attention every 4th "
+        f"layer; linear, mlp2x_gelu and pixel_shuffle with pre_norm) and trained through `vlmkit.train.loop.train`, "
+        f"{learns}. Same recipe for all: "
         f"{args.steps} steps x batch {args.batch_size}, AdamW lr {args.lr:g}, warmup {max(1, args.steps // 10)}, cosine, "
         f"seed 0; data: generated shapes + text conversations at {SIZE} px, {args.n_train:,} images each (every QA turn "
         f"supervised). Device: {', '.join(devices) or '-'}.  ",
@@ -245,7 +278,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     steps = ok[0]["steps"] if ok else 0
-    ax.set_title(f"Held-out accuracy after {steps} steps x {ok[0]['batch_size'] if ok else 0} (align stage, {SIZE} px)")
+    ax.set_title(f"Held-out accuracy after {steps} steps x {ok[0]['batch_size'] if ok else 0} ({SIZE} px)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -278,6 +311,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=DEFAULTS["out"], help="results.json and plot.png go here")
     ap.add_argument("--md", default=DEFAULTS["md"], help="the markdown file the section is merged into")
     ap.add_argument("--work", default=DEFAULTS["work"], help="data, initial weights, runs and eval folders")
+    ap.add_argument("--decoder", choices=DECODERS, default=DEFAULTS["decoder"],
+                    help="smollm2 (frozen) or small (a fresh 4-layer decoder trained alongside: the CPU-sized proxy)")
     args = ap.parse_args(argv)
     bad = [k for k in args.connectors if k not in KINDS]
     if bad:

@@ -66,8 +66,10 @@ def cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
 
 
-def build(kind: str, size: int, lm):
-    """(model, image prompt ids, text-only prompt ids, pixel values) for one connector at one resolution."""
+def build(kind: str, size: int, lm, pre_norm: bool = False):
+    """(model, image prompt ids, text-only prompt ids, pixel values) for one connector at one resolution.
+    pre_norm: a LayerNorm on each tower token before the linear / mlp2x_gelu / pixel_shuffle projections
+    (the resamplers normalise inside already)."""
     import torch
 
     from vlmkit.api import VLM
@@ -79,7 +81,8 @@ def build(kind: str, size: int, lm):
     fused = kind == "flamingo"
     cfg = VLMConfig(
         vision=VisionConfig(image_size=size, patch_size=14, hidden_size=192, num_layers=6, num_heads=3),
-        connector=ConnectorConfig(kind="perceiver" if fused else kind),
+        connector=ConnectorConfig(kind="perceiver" if fused else kind,
+                                  pre_norm=pre_norm and kind in ("linear", "mlp2x_gelu", "pixel_shuffle")),
         lm=lm.cfg,
         fusion=FusionConfig(kind="flamingo" if fused else "none", every=4),
     )

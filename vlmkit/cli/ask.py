@@ -28,6 +28,8 @@ def run(args) -> int:
     *images, question = args.inputs
     pil_images = [load_image(path) for path in images]  # fail fast, before the model loads
     model = load(args.model)
+    if getattr(model.cfg, "notice", ""):
+        print(f"NOTE: {model.cfg.notice}", file=sys.stderr)  # stderr: stdout stays the answer alone
     t0 = time.perf_counter()
     model.ask(pil_images, question, stream=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
               max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))

@@ -32,12 +32,9 @@ def run(args) -> int:
     model = load(args.model)
     name = model.path.name if model.path else model.cfg.name
     print(f"model: {name} (loaded in {time.perf_counter() - t0:.1f} s)")
-    if name == "vlmkit-smol":
-        print("NOTE: vlmkit-smol is badly undertrained (about 20 CPU-minutes of vision-language training): it misses "
-              "every quality bar and its answers barely depend on the image. MODEL_CARD.md has the numbers.")
-    if "untrained" in name:
-        print("NOTE: this model's vision tower and connector are UNTRAINED placeholders: the answers below do not "
-              "depend on the image. The trained default (vlmkit-smol) replaces it once trained.")
+    notice = getattr(model.cfg, "notice", "")
+    if notice:
+        print(f"NOTE: {notice}")
     for image, question, expected in QUESTIONS:
         t = time.perf_counter()
         answer = model.ask(EXAMPLES / image, question, max_new_tokens=args.max_tokens)

@@ -7,6 +7,7 @@ in accuracy for these small towers (recorded in the file's metadata as stored_dt
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,12 @@ def register(sub) -> None:
     p.add_argument("src", help="model folder (config.json + model.safetensors), e.g. runs/NAME/final")
     p.add_argument("--out", required=True, help="destination folder (must not exist, or be empty)")
     p.add_argument("--dtype", choices=DTYPES, default="float16")
+    p.add_argument("--notice", default=None,
+                   help="a warning saved in config.json that `vlmkit demo` and `vlmkit ask` print (\"\" clears it)")
     p.set_defaults(func=run)
 
 
-def export(src: Path, out: Path, dtype: str = "float16") -> Path:
+def export(src: Path, out: Path, dtype: str = "float16", notice: str | None = None) -> Path:
     import torch
 
     from ..errors import ModelLoadError
@@ -40,11 +43,15 @@ def export(src: Path, out: Path, dtype: str = "float16") -> Path:
     for name in COPIED:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
+    if notice is not None:
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["notice"] = notice
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
 
 def run(args) -> int:
-    out = export(Path(args.src), Path(args.out), args.dtype)
+    out = export(Path(args.src), Path(args.out), args.dtype, args.notice)
     size = (out / "model.safetensors").stat().st_size
     print(f"wrote {out} ({size / 1e6:.1f} MB of {args.dtype} weights)")
     return 0

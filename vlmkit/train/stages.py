@@ -58,7 +58,7 @@ def build_vlm(cfg: TrainConfig) -> Stage:
         model = VisionLanguageModel.from_pretrained(m.init)
         tokenizer = load_tokenizer(Path(m.init), model.cfg.lm)
     else:
-        lm = _small_lm(m.lm, m.lm_config) if m.lm_config else LanguageModel.from_source(m.lm)
+        lm = small_lm(m.lm, m.lm_config) if m.lm_config else LanguageModel.from_source(m.lm)
         vcfg = VLMConfig(vision=VisionConfig(**m.vision), connector=ConnectorConfig(**m.connector),
                          lm=lm.cfg, name=m.name or "vlmkit")
         model = VisionLanguageModel(vcfg, lm=lm)
@@ -87,7 +87,7 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers)
 
 
-def _small_lm(source: str, overrides: dict):
+def small_lm(source: str, overrides: dict):
     """A fresh LM of `source`'s architecture with some config fields replaced (the weights are random)."""
     from transformers import AutoConfig
 
