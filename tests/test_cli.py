@@ -17,14 +17,6 @@ def run(argv, capsys):
     return code, out.out, out.err
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("m")
-    vlm = tiny_vlm()
-    vlm.model.save_pretrained(d, tokenizer=vlm.tokenizer)
-    return d
-
-
 @pytest.fixture
 def photo(tmp_path):
     p = tmp_path / "photo.png"

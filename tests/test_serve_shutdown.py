@@ -11,16 +11,7 @@ import time
 import httpx
 import pytest
 
-from tiny import tiny_vlm
 from vlmkit.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-vlm")
-    vlm = tiny_vlm()
-    vlm.model.save_pretrained(d, tokenizer=vlm.tokenizer)
-    return d
 
 
 def free_port() -> int:
