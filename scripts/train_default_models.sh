@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (stages 1 and 2),
+# Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (connector fit + stage 2),
 # then fp16 exports into weights/. Safe to re-run: finished steps are skipped and an interrupted
 # training run resumes from its latest checkpoint. About 3 hours on 2 CPU cores; run it in the background:
 #   nohup bash scripts/train_default_models.sh > train.log 2>&1 &
@@ -32,7 +32,9 @@ make unsure train data/unsure-small/train --n 300 --seed 1
 
 train recipes/vlmkit-clip.toml runs/vlmkit-clip
 train recipes/vlmkit-clip-more.toml runs/vlmkit-clip-more
-train recipes/vlmkit-smol-stage1.toml runs/vlmkit-smol-stage1
+# stage 1: the connector fitted in closed form from the worlds' ground truth (minutes; see the script's docstring)
+[ -f runs/vlmkit-smol-align/final/model.safetensors ] || .venv/bin/python scripts/fit_connector.py \
+  recipes/vlmkit-smol-stage1.toml --out runs/vlmkit-smol-align/final --images 1500
 train recipes/vlmkit-smol-stage2.toml runs/vlmkit-smol-stage2
 
 for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-stage2; do

@@ -1,0 +1,53 @@
+"""scripts/fit_connector.py's pieces: which patches each visual token merges, the region labels, and the ridge fit."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fit():
+    spec = importlib.util.spec_from_file_location("fit_connector", ROOT / "scripts" / "fit_connector.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_visual_token_covers_one_square_block_of_patches(fit):
+    from vlmkit.config import ConnectorConfig, VisionConfig
+    from vlmkit.models.connectors import build_connector
+
+    vcfg = VisionConfig(image_size=64, patch_size=8, hidden_size=24, num_layers=1, num_heads=2)  # 8x8 patches
+    conn = build_connector(ConnectorConfig(kind="pixel_shuffle", in_dim=24, out_dim=32, scale_factor=2))
+    regions = fit.token_regions(vcfg, conn)
+    assert len(regions) == 16 and all(len(r) == 4 for r in regions)
+    blocks = set()
+    for patches in regions:
+        x0, y0 = min(p[0] for p in patches), min(p[1] for p in patches)
+        assert {(p[0], p[1]) for p in patches} == {(x0, y0), (x0 + 8, y0), (x0, y0 + 8), (x0 + 8, y0 + 8)}
+        blocks.add((x0, y0))
+    assert blocks == {(x, y) for x in range(0, 64, 16) for y in range(0, 64, 16)}  # the grid, each block once
+
+
+def test_region_words_name_what_covers_the_region(fit):
+    block = [(0, 0, 14, 14), (14, 0, 28, 14), (0, 14, 14, 28), (14, 14, 28, 28)]  # a 28x28 px token
+    truth = {"generator": "shapes", "objects": [
+        {"colour": "red", "shape": "circle", "box_px": [2, 2, 20, 20]},       # inside
+        {"colour": "blue", "shape": "star", "box_px": [25, 25, 60, 60]},      # a corner only
+        {"colour": "green", "shape": "square", "box_px": [0, 20, 28, 90]}]}   # 8 px of 70: 11% of it, 29% of the block
+    assert fit.region_words(truth, block) == ["red circle"]
+    assert fit.region_words({"generator": "text", "text": "hello", "box_px": [10, 10, 40, 20]}, block) == ["hello"]
+    assert fit.region_words({"generator": "charts"}, block) == []
+
+
+def test_ridge_recovers_a_linear_map(fit):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 12, generator=g)
+    w, b = torch.randn(5, 12, generator=g), torch.randn(5, generator=g)
+    w_hat, b_hat = fit.ridge(x, x @ w.T + b, lam=1e-8)
+    assert torch.allclose(w_hat, w, atol=1e-4) and torch.allclose(b_hat, b, atol=1e-4)
+    w_small, _ = fit.ridge(x, x @ w.T + b, lam=10.0)
+    assert w_small.norm() < 0.5 * w.norm()  # the penalty shrinks
