@@ -51,3 +51,12 @@ def test_command_names_only_changed_flags(acc):
     assert acc.command(acc.parse_args([])) == "`.venv/bin/python bench/connectors/accuracy.py`"
     cmd = acc.command(acc.parse_args(["--steps", "2", "--connectors", "linear,qformer"]))
     assert cmd == "`.venv/bin/python bench/connectors/accuracy.py --steps 2 --connectors linear,qformer`"
+
+
+def test_verdict_flags_a_budget_that_separated_nothing(acc):
+    same = {"counting": {"score": 0.4, "n": 5, "metric": "exact"}, "colour": {"score": 0.0, "n": 5, "metric": "exact"}}
+    other = {**same, "colour": {"score": 0.2, "n": 5, "metric": "exact"}}
+    rows = [dict(kind="linear", slices=same), dict(kind="qformer", slices=dict(same)), dict(kind="x", error="oom")]
+    assert "ranks no connector" in acc.verdict(rows)[0]
+    assert acc.verdict([dict(kind="linear", slices=same), dict(kind="qformer", slices=other)]) == []
+    assert acc.verdict([dict(kind="linear", slices=same)]) == []  # one row is no comparison

@@ -216,7 +216,7 @@ def section(rows: list[dict], args, plot_rel: str) -> str:
     if args.decoder == "small":
         lm_text = ("a fresh 4-layer, 256-wide decoder of SmolLM2's family and tokenizer (the CPU-sized proxy, see "
                    "the script's docstring), trained with the connector (stage instruct); the tower frozen")
-        learns = "connector, flamingo's blocks and marker, and the decoder learn"
+        learns = "where the connector, flamingo's blocks and marker, and the decoder learn"
     else:
         lm_text = "SmolLM2-135M-Instruct, both frozen"
         learns = "stage align (only the connector, and flamingo's blocks and marker, learn)"
@@ -239,10 +239,23 @@ def section(rows: list[dict], args, plot_rel: str) -> str:
         "",
         *table(rows),
         "",
+        *verdict(rows),
         f"![accuracy per connector: counting, colour, reading]({plot_rel})",
         "",
     ]
     return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """A line that says so when the budget separated nothing: identical scores on every slice mean every
+    connector answered with the same priors, and the table ranks no connector."""
+    ok = [r for r in rows if "slices" in r]
+    sig = {tuple(sorted((k, v["score"]) for k, v in r["slices"].items())) for r in ok}
+    if len(ok) > 1 and len(sig) == 1:
+        return ["**Every connector scored the same on every slice**: at this budget each answered from the question "
+                "priors alone (no row reads the image), so this table ranks no connector. The ranking needs a larger "
+                "budget: the default run (SmolLM2 in the loop, 300 steps x 16) on a GPU.", ""]
+    return []
 
 
 def merge_section(md: str, new: str) -> str:
