@@ -96,20 +96,13 @@ def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32):
             px = proc([Image.open(path.parent / r["image"]).convert("RGB") for r in chunk])
             with torch.no_grad():
                 feats = model.vision.forward_features(px)  # [B, N_patches, D_v]
-                x = connector_inputs(model.connector, feats)  # [B, N_tokens, D_in]
+                x = model.connector.merge(feats)  # [B, N_tokens, D_v * r^2]: the projection's input
             for r, xi in zip(chunk, x):
                 for t, patches in enumerate(regions):
                     words = region_words(r["truth"], patches)
                     ys.append(torch.stack([phrase_vec(w) for w in words]).mean(0) if words else phrase_vec(BLANK))
                     xs.append(xi[t])
     return torch.stack(xs), torch.stack(ys)
-
-
-def connector_inputs(connector, feats: torch.Tensor) -> torch.Tensor:
-    """What the connector's final linear layer sees: [B, N_patches, D_v] -> [B, N_tokens, D_v * r^2]."""
-    from vlmkit.models.connectors import pixel_shuffle
-
-    return pixel_shuffle(connector.norm(feats), connector.cfg.scale_factor)
 
 
 def ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,13 +24,10 @@ def tower(src: Path, image_size: int):
     """The vision tower of any vlmkit model dir (VLM or dual encoder), at `image_size` (positions resampled)."""
     import dataclasses
 
-    from vlmkit.models.dual_encoder import is_dual_encoder_dir, read_dual_config
     from vlmkit.models.vision import VisionTower
-    from vlmkit.models.vlm import read_config
-    from vlmkit.train.stages import copy_vision
+    from vlmkit.train.stages import copy_vision, read_vision_config
 
-    vcfg = (read_dual_config(src) if is_dual_encoder_dir(src) else read_config(src)).vision
-    vcfg = dataclasses.replace(vcfg, image_size=image_size)
+    vcfg = dataclasses.replace(read_vision_config(src), image_size=image_size)
     holder = SimpleNamespace(cfg=SimpleNamespace(vision=vcfg), vision=VisionTower(vcfg))
     copy_vision(holder, src)
     return holder.vision.eval(), vcfg

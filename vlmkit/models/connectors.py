@@ -79,8 +79,12 @@ class PixelShuffleConnector(nn.Module):
         self.norm = _pre_norm(cfg)
         self.proj = nn.Linear(cfg.in_dim * cfg.scale_factor**2, cfg.out_dim, bias=cfg.bias)
 
+    def merge(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_v * r^2]
+        """What the projection sees (scripts/fit_connector.py fits the projection on it)."""
+        return pixel_shuffle(self.norm(x), self.cfg.scale_factor)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_lm]
-        return self.proj(pixel_shuffle(self.norm(x), self.cfg.scale_factor))
+        return self.proj(self.merge(x))
 
 
 # ---- resamplers: a fixed number of visual tokens at any resolution ----

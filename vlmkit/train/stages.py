@@ -122,15 +122,21 @@ def _vlm_loss(train_module, batch, info: DistInfo):
     return lm_loss_sum_at(out.logits, labels, keep), float(info.world_size)
 
 
+def read_vision_config(src: Path):
+    """The VisionConfig of any vlmkit model dir: a dual encoder's or a VLM's."""
+    from ..models.dual_encoder import is_dual_encoder_dir, read_dual_config
+    from ..models.vlm import read_config
+
+    return read_dual_config(src).vision if is_dual_encoder_dir(src) else read_config(src).vision
+
+
 def copy_vision(model, src: Path) -> None:
     """Take the vision tower's weights from another vlmkit model (a dual encoder or a VLM)."""
     from ..config import to_dict
-    from ..models.dual_encoder import is_dual_encoder_dir, read_dual_config
-    from ..models.vlm import read_config
     from ..models.vision import resize_grid_embed
     from ..models.weights import load_strict, read_safetensors
 
-    vcfg = read_dual_config(src).vision if is_dual_encoder_dir(src) else read_config(src).vision
+    vcfg = read_vision_config(src)
     ours = model.cfg.vision
     # Only the resolution may differ: a tower pretrained small is commonly fine-tuned larger
     # (the position embeddings are resampled, as ViT/CLIP do when they change resolution).
