@@ -60,3 +60,18 @@ def test_verdict_flags_a_budget_that_separated_nothing(acc):
     assert "ranks no connector" in acc.verdict(rows)[0]
     assert acc.verdict([dict(kind="linear", slices=same), dict(kind="qformer", slices=other)]) == []
     assert acc.verdict([dict(kind="linear", slices=same)]) == []  # one row is no comparison
+
+
+@pytest.mark.parametrize("size, tokens", [(112, 64), (224, 144)])
+def test_cabstractor_pools_to_at_most_the_patch_grid(acc, size, tokens):
+    """At 112 px the tower has 8x8 patches: the C-Abstractor row must pool to 8x8, not upsample to its
+    default 12x12 (which would hand the LM more tokens than there are patches)."""
+    import torch
+
+    from vlmkit.train.stages import small_lm
+
+    lm = small_lm("smollm2", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  num_key_value_heads=2, head_dim=16))
+    model, *_, pixels = acc.zoo().build("cabstractor", size, lm)
+    with torch.no_grad():
+        assert model.encode_images(pixels).shape == (1, tokens, 32)  # [B, K, D_lm]

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .errors import BudgetError, ModelLoadError, VlmkitError
 from .generation import GenerationConfig, GenerationResult, eos_ids, generate_from_embeds
-from .models.lm import load_tokenizer
+from .models.lm import load_tokenizer, pad_id
 from .models.vlm import VisionLanguageModel
 from .processing.chat import Prompt, build_prompt, left_pad
 from .processing.budget import ON_OVER, degrade_ladder
@@ -234,7 +234,7 @@ class VLM:
         return expand_video_parts(messages, frames_for)
 
     def _embed_batch(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_id(self.tokenizer)
         input_ids, mask = left_pad([p.input_ids for p in prompts], pad)
         visuals = [v for p in prompts for v in p.visuals]
         if visuals:

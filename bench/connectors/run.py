@@ -79,10 +79,14 @@ def build(kind: str, size: int, lm, pre_norm: bool = False):
 
     torch.manual_seed(0)
     fused = kind == "flamingo"
+    vision = VisionConfig(image_size=size, patch_size=14, hidden_size=192, num_layers=6, num_heads=3)
+    extra = {}
+    if kind == "cabstractor":  # pool to at most the patch grid (12x12 at 224 px and up, 8x8 at 112): never upsample
+        extra["num_queries"] = min(ConnectorConfig(kind=kind).num_queries, (size // vision.patch_size) ** 2)
     cfg = VLMConfig(
-        vision=VisionConfig(image_size=size, patch_size=14, hidden_size=192, num_layers=6, num_heads=3),
+        vision=vision,
         connector=ConnectorConfig(kind="perceiver" if fused else kind,
-                                  pre_norm=pre_norm and kind in ("linear", "mlp2x_gelu", "pixel_shuffle")),
+                                  pre_norm=pre_norm and kind in ("linear", "mlp2x_gelu", "pixel_shuffle"), **extra),
         lm=lm.cfg,
         fusion=FusionConfig(kind="flamingo" if fused else "none", every=4),
     )

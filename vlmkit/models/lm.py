@@ -148,3 +148,9 @@ def load_tokenizer(model_dir: Path | None, lm_cfg: LMConfig):
     if lm_cfg.chat_template:
         tok.chat_template = lm_cfg.chat_template
     return tok
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills padded positions. They are masked out of attention and loss, so any id works when
+    the tokenizer names none (GPT-2-style tokenizers)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

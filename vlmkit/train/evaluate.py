@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.lm import pad_id
 from .data import read_json_records, resolve_image
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def eval_vqa(model, tokenizer, path: Path, max_samples: int, max_new_tokens: int
     rows = list(zip(recs.rows, recs.roots))[:max_samples]
     proc = ImageProcessor.from_vision_config(model.cfg.vision)
     eos = eos_ids(tokenizer, model.lm.model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     preds, refs, metrics, slices = [], [], [], []
     was_training = model.training
@@ -122,7 +123,7 @@ def image_ablation(model, tokenizer, path: Path, n: int = 32, batch_size: int = 
     samples = [s for r, root in list(zip(recs.rows, recs.roots))[:n] if len((s := enc(r, root))["pixel_values"]) == 1]
     if len(samples) < 2:  # shuffling needs one image per conversation, so rows and images chunk together
         raise ValueError(f"image ablation needs at least 2 one-image conversations in the first {n} of {path}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     batch = LMCollator(pad)(samples)
     dev = next(model.parameters()).device
     ids, mask, labels = batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["labels"].to(dev)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import ConnectorConfig, LMConfig, LoRAConfig, VisionConfig, VLMConfig
 from ..errors import ModelLoadError
+from ..models.lm import pad_id
 from ..processing.chat import CHATML_TEMPLATE
 from .collate import CaptionEncoder, ConversationEncoder, LMCollator, collate_pairs
 from .config import ConfigError, TrainConfig
@@ -81,7 +82,7 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     max_len = cfg.data.max_length or model.cfg.lm.max_position_embeddings
     encoder = ConversationEncoder(tokenizer, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
                                   model.cfg.image_token_id, model.cfg.image_seq_len, max_len, cfg.data.caption_prompt)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     towers = {"vision": ["vision."], "connector": ["connector.", "fusion."], "lm": ["lm."]}
     layers = _decoder_layers(model)
     return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers)
