@@ -4,9 +4,13 @@
       --out docs/images/vlmkit-smol-failures.png
   .venv/bin/python scripts/model_card_figures.py photos --model weights/vlmkit-smol \
       --out docs/images/vlmkit-smol-photos.png            (prints a markdown table too)
+  .venv/bin/python scripts/model_card_figures.py ablation "trainable connector=docs/a-metrics.jsonl" \
+      "frozen connector=docs/b-metrics.jsonl" --out docs/images/vlmkit-smol-image-gain.png
 
 Failures are the first N wrong answers of each slice in sample order (not hand-picked).
 Photos come from scikit-image (public domain / CC0), never seen in training.
+The ablation figure reads the training evals' `eval/*` rows (vlmkit.train.evaluate.image_ablation): whether the
+answer loss depends on the image at all, step by step, next to the scale of the visual tokens.
 """
 from __future__ import annotations
 
@@ -81,6 +85,41 @@ def photos(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _eval_rows(path: Path) -> list[dict]:
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if "eval/image_gain" in r]
+    if not rows:
+        raise SystemExit(f"{path}: no eval/image_gain rows (was eval.ablation_data set?)")
+    return rows
+
+
+def ablation(args) -> None:
+    runs = []
+    for spec in args.runs:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"{spec!r}: expected LABEL=METRICS.jsonl")
+        runs.append((label, _eval_rows(Path(path))))
+    fig, (gain, acc, norm) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for label, rows in runs:
+        steps = [r["step"] for r in rows]
+        gain.plot(steps, [r["eval/image_gain"] for r in rows], marker="o", label=label)
+        acc.plot(steps, [r["eval/accuracy"] for r in rows], marker="o", label=label)
+        norm.plot(steps, [r["eval/visual_norm"] for r in rows], marker="o", label=label)
+    text_norm = runs[0][1][0]["eval/text_norm"]
+    norm.axhline(text_norm, color="grey", ls="--", label=f"SmolLM2 text embeddings ({text_norm:.1f})")
+    gain.axhline(0, color="grey", lw=0.8)
+    gain.set(title="image gain: loss(shuffled images) - loss(own)", xlabel="stage-2 step", ylabel="nats / answer token")
+    acc.set(title=f"shapes val accuracy ({runs[0][1][0]['eval/n']} questions)", xlabel="stage-2 step", ylim=(0, 1))
+    norm.set(title="visual token norm", xlabel="stage-2 step", yscale="log")
+    for ax in (gain, acc, norm):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -95,6 +134,10 @@ def main() -> None:
     ph.add_argument("--model", default=None)
     ph.add_argument("--out", required=True)
     ph.set_defaults(func=photos)
+    ab = sub.add_parser("ablation")
+    ab.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl, one per run")
+    ab.add_argument("--out", required=True)
+    ab.set_defaults(func=ablation)
     args = p.parse_args()
     args.func(args)
 
