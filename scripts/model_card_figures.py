@@ -5,7 +5,7 @@
   .venv/bin/python scripts/model_card_figures.py photos --model weights/vlmkit-smol \
       --out docs/images/vlmkit-smol-photos.png            (prints a markdown table too)
   .venv/bin/python scripts/model_card_figures.py ablation "trainable connector=docs/a-metrics.jsonl" \
-      "frozen connector=docs/b-metrics.jsonl" --out docs/images/vlmkit-smol-image-gain.png
+      "frozen connector=docs/b-metrics.jsonl" "continued=docs/c-metrics.jsonl@600" --out docs/images/vlmkit-smol-image-gain.png
 
 Failures are the first N wrong answers of each slice in sample order (not hand-picked).
 Photos come from scikit-image (public domain / CC0), never seen in training.
@@ -97,9 +97,11 @@ def ablation(args) -> None:
     runs = []
     for spec in args.runs:
         label, sep, path = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"{spec!r}: expected LABEL=METRICS.jsonl")
-        runs.append((label, _eval_rows(Path(path))))
+        path, at, step0 = path.partition("@")  # @N: the run continued another one from its step N
+        if not sep or (at and not step0.isdigit()):
+            raise SystemExit(f"{spec!r}: expected LABEL=METRICS.jsonl or LABEL=METRICS.jsonl@FIRST_STEP")
+        rows = _eval_rows(Path(path))
+        runs.append((label, [dict(r, step=r["step"] + int(step0 or 0)) for r in rows]))
     fig, (gain, acc, norm) = plt.subplots(1, 3, figsize=(13, 3.8))
     for label, rows in runs:
         steps = [r["step"] for r in rows]
@@ -135,7 +137,7 @@ def main() -> None:
     ph.add_argument("--out", required=True)
     ph.set_defaults(func=photos)
     ab = sub.add_parser("ablation")
-    ab.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl, one per run")
+    ab.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
     ab.add_argument("--out", required=True)
     ab.set_defaults(func=ablation)
     args = p.parse_args()

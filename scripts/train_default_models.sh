@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (connector fit + stage 2),
-# then fp16 exports into weights/*.new (vlmkit-smol: the current recipes are the latest attempt, not the shipped
-# weights; MODEL_CARD.md says which). Safe to re-run: finished steps are skipped and an interrupted
-# training run resumes from its latest checkpoint. About 3 hours on 2 CPU cores; run it in the background:
+# then fp16 exports into weights/*.new. Safe to re-run: finished steps are skipped and an interrupted
+# training run resumes from its latest checkpoint. About 6 hours on 2 CPU cores; run it in the background:
 #   nohup bash scripts/train_default_models.sh > train.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 """Two gloo processes (DDP) produce the gradients of one process on the same global batch."""
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,19 @@ def _worker(rank: int, world: int, port: int, tmp: str):
     save_file({k: v.contiguous() for k, v in g.items()}, f"{tmp}/grads-{rank}.safetensors")
 
 
+def _run_two(fn, args, timeout: float = 300.0) -> None:
+    """Two forked processes (they inherit the imported modules instead of importing torch and transformers
+    again); a hang (pytorch/pytorch#75097: gloo's shutdown can deadlock) fails the test
+    after `timeout` seconds instead of blocking the suite."""
+    ctx = mp.start_processes(fn, args=args, nprocs=2, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"two-process run still going after {timeout:.0f} s (killed)")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,8 +101,7 @@ def test_ddp_gradients_equal_single_process(tmp_path, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     single = _grads(tmp_path, 1, 0)
 
-    # fork: the children inherit the imported modules instead of importing torch and transformers again
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    _run_two(_worker, (2, _free_port(), str(tmp_path)))
     g0 = load_file(tmp_path / "grads-0.safetensors")
     g1 = load_file(tmp_path / "grads-1.safetensors")
     assert g0.keys() == single.keys() == g1.keys()
@@ -128,7 +141,7 @@ def test_fsdp_two_processes_match_one(tmp_path, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     one = train(_fsdp_cfg(tmp_path, "one", batch=4), progress=False)
-    mp.start_processes(_fsdp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    _run_two(_fsdp_worker, (_free_port(), str(tmp_path)))
     a = read_safetensors(one.final_dir / "model.safetensors")
     b = read_safetensors(tmp_path / "fsdp" / "final" / "model.safetensors")
     assert a.keys() == b.keys()

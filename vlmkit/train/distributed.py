@@ -9,7 +9,9 @@ losses gather every process's embeddings (with gradient) before scoring.
 """
 from __future__ import annotations
 
+import gc
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +64,13 @@ def shutdown(info: DistInfo) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Gloo's destructor joins its worker threads while holding the GIL; a worker still dropping the last
+            # reference to a finished collective's tensors needs the GIL too, and the process hangs
+            # (pytorch/pytorch#75097, seen here once in a test). Drain every rank's queue first and let the
+            # workers finish that cleanup before the destructor runs.
+            dist.barrier()
+            gc.collect()
+            time.sleep(0.05)
             dist.destroy_process_group()
 
 
