@@ -59,18 +59,21 @@ def init(device: str = "auto", backend: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group. `clean=False` (this rank failed): skip the drain, since the other ranks may
+    never reach the barrier, and an exiting rank is what lets torchrun stop the rest."""
     if info.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            # Gloo's destructor joins its worker threads while holding the GIL; a worker still dropping the last
-            # reference to a finished collective's tensors needs the GIL too, and the process hangs
-            # (pytorch/pytorch#75097, seen here once in a test). Drain every rank's queue first and let the
-            # workers finish that cleanup before the destructor runs.
-            dist.barrier()
-            gc.collect()
-            time.sleep(0.05)
+            if clean:
+                # Gloo's destructor joins its worker threads while holding the GIL; a worker still dropping the
+                # last reference to a finished collective's tensors needs the GIL too, and the process hangs
+                # (pytorch/pytorch#75097, seen here once in a test). Drain every rank's queue first and let the
+                # workers finish that cleanup before the destructor runs.
+                dist.barrier()
+                gc.collect()
+                time.sleep(0.05)
             dist.destroy_process_group()
 
 

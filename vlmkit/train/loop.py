@@ -85,9 +85,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, max_ste
     """Run (or resume) the configured stage. `max_steps_this_run` stops early, as if interrupted (tests)."""
     info = dist_.init(cfg.train.device, cfg.distributed.backend)
     try:
-        return _train(cfg, info, resume, progress, max_steps_this_run)
-    finally:
-        dist_.shutdown(info)
+        result = _train(cfg, info, resume, progress, max_steps_this_run)
+    except BaseException:
+        dist_.shutdown(info, clean=False)
+        raise
+    dist_.shutdown(info)
+    return result
 
 
 def _train(cfg: TrainConfig, info: dist_.DistInfo, resume: bool, progress: bool, stop_after: int | None) -> RunResult:
