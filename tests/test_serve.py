@@ -517,10 +517,16 @@ def test_access_log_is_one_json_line_per_request(server):
     log.setLevel(logging.INFO)
     try:
         r = chat(server.url, ask(data_url(png())), max_tokens=3)
-        httpx.post(f"{server.url}/v1/chat/completions", content=b"{")
+        r_bad = httpx.post(f"{server.url}/v1/chat/completions", content=b"{")
+        # the line is written after the last byte is sent, so the client can get its answer first
+        want = {r.headers["x-request-id"], r_bad.headers["x-request-id"]}
+        t0 = time.monotonic()
+        while not want <= {line["request_id"] for line in lines} and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
     finally:
         log.removeHandler(handler)
-    ok, bad = lines[-2], lines[-1]
+    by_id = {line["request_id"]: line for line in lines}
+    ok, bad = by_id[r.headers["x-request-id"]], by_id[r_bad.headers["x-request-id"]]
     usage = r.json()["usage"]
     assert ok["path"] == "/v1/chat/completions" and ok["status"] == 200 and ok["latency_ms"] > 0
     assert ok["prompt_tokens"] == usage["prompt_tokens"] and ok["completion_tokens"] == 3 and ok["image_tokens"] == 16
