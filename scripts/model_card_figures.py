@@ -86,8 +86,9 @@ def photos(args) -> None:
 
 
 def _eval_rows(path: Path) -> list[dict]:
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if "eval/image_gain" in r]
+    from vlmkit.train.plot import read_metrics
+
+    rows = [r for r in read_metrics(path)[1] if "eval/image_gain" in r]
     if not rows:
         raise SystemExit(f"{path}: no eval/image_gain rows (was eval.ablation_data set?)")
     return rows
