@@ -116,6 +116,35 @@ def ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, t
     return w.float(), (my - mx @ w.T).float()
 
 
+def copy_adapters(model, src: Path) -> None:
+    """Give `model` the LoRA adapters of the model at `src`. The adapters learnt to read visual tokens in
+    SmolLM2's word space; a refitted connector lands in the same space, so they carry over. They were
+    trained on `src`'s tower, so a different tower is an error, as is any adapter left over or missing."""
+    from vlmkit.models.vlm import WEIGHTS_NAME, read_config
+    from vlmkit.models.weights import read_safetensors
+
+    lora = read_config(src).lm.lora
+    if lora is None:
+        raise SystemExit(f"{src} has no LoRA adapters")
+    state = read_safetensors(src / WEIGHTS_NAME)
+    for k, v in model.vision.state_dict().items():
+        theirs_v = state[f"vision.{k}"]  # compared at their precision: an fp16 export of the same tower matches
+        if not torch.equal(v.to(theirs_v.dtype), theirs_v):
+            raise SystemExit(f"{src} was trained on another tower (vision.{k} differs)")
+    model.add_lora(lora)
+    own = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+    theirs = {k: v for k, v in state.items() if ".lora_" in k}
+    if set(own) != set(theirs):
+        raise SystemExit(f"adapter keys differ: missing {sorted(set(own) - set(theirs))[:3]}, "
+                         f"unexpected {sorted(set(theirs) - set(own))[:3]}")
+    with torch.no_grad():
+        for k, v in own.items():
+            if v.shape != theirs[k].shape:
+                raise SystemExit(f"{k}: {tuple(theirs[k].shape)} in {src}, {tuple(v.shape)} here")
+            v.copy_(theirs[k])
+    log.info("copied %d LoRA tensors from %s", len(own), src)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +155,8 @@ def main() -> None:
     ap.add_argument("--val", type=float, default=0.1, help="share of images held out to report the fit")
     ap.add_argument("--lam", type=float, default=1e-3)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    ap.add_argument("--adapters-from", metavar="MODEL", help="copy this model's LoRA adapters onto the fitted model, "
+                    "so that stage 2 goes on from them (its tower must be the recipe's, tensor for tensor)")
     a = ap.parse_args()
 
     from vlmkit.train.config import load_config
@@ -154,6 +185,8 @@ def main() -> None:
     log.info("fit on %d visual tokens (%d images), held out %d images: cosine to target %.3f, nearest-token "
              "agreement %.3f, prediction norm %.2f vs target %.2f", cut, cut // n_tok, n_img - cut // n_tok, cos,
              agree, pred.norm(dim=-1).mean(), y[cut:].norm(dim=-1).mean())
+    if a.adapters_from:
+        copy_adapters(model, Path(a.adapters_from))
     out = Path(a.out)
     model.save_pretrained(out, tokenizer=tok)
     (out / "fit_connector.json").write_text(json.dumps(dict(recipe=a.recipe, truth=a.truth, images=a.images, lam=a.lam,

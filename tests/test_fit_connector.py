@@ -51,3 +51,43 @@ def test_ridge_recovers_a_linear_map(fit):
     assert torch.allclose(w_hat, w, atol=1e-4) and torch.allclose(b_hat, b, atol=1e-4)
     w_small, _ = fit.ridge(x, x @ w.T + b, lam=10.0)
     assert w_small.norm() < 0.5 * w.norm()  # the penalty shrinks
+
+
+def _tiny_vlm(src, scale_factor):
+    from vlmkit.config import ConnectorConfig, LMConfig, VisionConfig, VLMConfig
+    from vlmkit.models.lm import LanguageModel
+    from vlmkit.models.vlm import VisionLanguageModel
+
+    cfg = VLMConfig(vision=VisionConfig(image_size=32, patch_size=8, hidden_size=24, num_layers=1, num_heads=2),
+                    connector=ConnectorConfig(kind="pixel_shuffle", scale_factor=scale_factor, pre_norm=True),
+                    lm=LMConfig(source=src))
+    return VisionLanguageModel(cfg, lm=LanguageModel.from_source(src))
+
+
+def test_adapters_carry_over_to_a_refitted_connector_and_only_onto_their_tower(fit, tmp_path):
+    from test_train_lora import _source_lm
+
+    from vlmkit.config import LoRAConfig
+    from vlmkit.models.vlm import VisionLanguageModel
+
+    src = _source_lm(tmp_path / "lm")
+    trained = _tiny_vlm(src, scale_factor=4)  # 16 patches -> 1 visual token
+    trained.add_lora(LoRAConfig())
+    with torch.no_grad():
+        for n, p in trained.named_parameters():
+            if ".lora_" in n:
+                p.normal_(0, 0.05)
+    trained.save_pretrained(tmp_path / "trained")
+
+    refit = _tiny_vlm(src, scale_factor=2)  # 4 visual tokens, another projection shape
+    refit.vision.load_state_dict(trained.vision.state_dict())
+    fit.copy_adapters(refit, tmp_path / "trained")
+    theirs = dict(trained.named_parameters())
+    mine = {n: p for n, p in refit.named_parameters() if ".lora_" in n}
+    assert len(mine) == 8 and all(torch.equal(p, theirs[n]) for n, p in mine.items())
+    refit.save_pretrained(tmp_path / "refit")  # and it reloads strictly, with the adapters' config
+    assert VisionLanguageModel.from_pretrained(tmp_path / "refit").cfg.lm.lora == LoRAConfig()
+
+    other = _tiny_vlm(src, scale_factor=2)  # a fresh tower: the adapters never saw its tokens
+    with pytest.raises(SystemExit, match="another tower"):
+        fit.copy_adapters(other, tmp_path / "trained")
