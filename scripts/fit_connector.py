@@ -17,6 +17,11 @@ SGD), and stage 2 starts from a connector that already carries the image.
 
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --out runs/vlmkit-smol-align/final
 
+Refit for another token grid and keep a trained model's LoRA adapters (MODEL_CARD.md, 64-token experiment):
+
+    .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.scale_factor=2 \
+        --adapters-from runs/vlmkit-smol-stage2/final --out runs/vlmkit-smol-r2-warm
+
 Only the training splits are read. The model is built exactly as the recipe's stage would build it
 (tower from model.vision_init, SmolLM2 from the package, a fresh connector, the recipe's chat template).
 """
