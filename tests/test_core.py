@@ -209,3 +209,27 @@ def test_config_json_roundtrip_recomputes_derived():
     assert again.image_seq_len == 4  # 16 patches / 2^2
     with pytest.raises(ValueError, match="unknown config keys"):
         VLMConfig.from_dict({**d, "bogus": 1})
+
+
+def test_the_saved_chat_template_survives_loading(tmp_path):
+    """Training renders prompts with the model's own template (plain ChatML for vlmkit-smol); loading must
+    hand the same template to the tokenizer, or inference prompts carry SmolLM2's default system prompt,
+    which the model never saw (this dropped every vlmkit-smol harness score before it was fixed)."""
+    import dataclasses
+
+    import vlmkit
+    from tiny import smollm2_tokenizer, tiny_vlm_config
+
+    from vlmkit.models.lm import LanguageModel
+    from vlmkit.models.vlm import VisionLanguageModel
+    from vlmkit.processing.chat import CHATML_TEMPLATE
+
+    cfg = tiny_vlm_config()
+    cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, chat_template=CHATML_TEMPLATE))
+    model = VisionLanguageModel(cfg, lm=LanguageModel(cfg.lm))
+    assert model.cfg.lm.chat_template == CHATML_TEMPLATE
+    model.save_pretrained(tmp_path, tokenizer=smollm2_tokenizer())
+    assert VisionLanguageModel.from_pretrained(tmp_path).cfg.lm.chat_template == CHATML_TEMPLATE
+    tok = vlmkit.load(tmp_path).tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"  # no system prompt

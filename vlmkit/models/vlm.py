@@ -159,8 +159,7 @@ def read_config(path: Path) -> VLMConfig:
 
 
 def _with_hf(lm_cfg, lm: LanguageModel):
-    from ..config import LMConfig
     from .lm import hf_config_dict
 
-    return LMConfig(source=lm_cfg.source, weights=lm_cfg.weights, hf_config=lm_cfg.hf_config or hf_config_dict(lm.model.config),
-                    lora=lm_cfg.lora)
+    # replace, not a fresh LMConfig: every other field (the chat template above all) must survive loading
+    return dataclasses.replace(lm_cfg, hf_config=lm_cfg.hf_config or hf_config_dict(lm.model.config))
