@@ -30,12 +30,8 @@ def main(path: Path) -> None:
     truth = {r["image"]: r["truth"] for r in map(json.loads, (VAL / "truth.jsonl").read_text().splitlines())}
     rows = [json.loads(l) for l in (VAL / "eval.jsonl").read_text().splitlines() if l.strip()][:N]
     regions = fit.token_regions(model.cfg.vision, model.connector)
-    emb = model.lm.model.get_input_embeddings().weight.detach()  # [V, D_lm]
-    vec = lambda words: emb[tok(" " + words, add_special_tokens=False)["input_ids"]].mean(0)
-    targets = []  # per question, in eval order: [N_tokens, D_lm]
-    for r in rows:
-        per_token = [fit.region_words(truth[r["image"]], p) for p in regions]
-        targets.append(torch.stack([torch.stack([vec(w) for w in ws]).mean(0) if ws else vec(fit.BLANK) for ws in per_token]))
+    phrase_vec = fit.phrase_embedder(model, tok)
+    targets = [fit.region_targets(truth[r["image"]], regions, phrase_vec) for r in rows]  # each [N_tokens, D_lm]
     print("own tokens   ", eval_vqa(model, tok, VAL / "eval.jsonl", N, 24, 16, "cpu"))
     queue = list(targets)  # eval_vqa encodes the images batch by batch in row order
 
