@@ -22,6 +22,11 @@ Refit for another token grid and keep a trained model's LoRA adapters (MODEL_CAR
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.scale_factor=2 \
         --adapters-from runs/vlmkit-smol-stage2/final --out runs/vlmkit-smol-r2-warm
 
+Two tokens per cell, a colour word then a shape word instead of their blend (MODEL_CARD.md, vlmkit-smol):
+
+    .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.tokens_per_cell=2 \
+        --adapters-from runs/vlmkit-smol-stage2/final --out runs/vlmkit-smol-k2-warm
+
 Only the training splits are read. The model is built exactly as the recipe's stage would build it
 (tower from model.vision_init, SmolLM2 from the package, a fresh connector, the recipe's chat template).
 """
@@ -60,23 +65,24 @@ def area(b) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
 
-def region_words(truth: dict, patches: list[tuple]) -> list[str]:
-    """The phrases naming what covers one visual token's patches (empty: nothing does)."""
+def region_words(truth: dict, patches: list[tuple]) -> list[tuple[str, ...]]:
+    """What covers one visual token's patches, each thing as its words: ("orange", "circle") for a shape, (word,)
+    for rendered text. Empty: nothing does."""
     out = []
     if truth.get("generator") == "shapes":
         for o in truth["objects"]:
             cover = sum(overlap(o["box_px"], q) for q in patches)
             if cover >= 0.3 * area(o["box_px"]) or cover >= 0.3 * sum(area(q) for q in patches):
-                out.append(f"{o['colour']} {o['shape']}")
+                out.append((o["colour"], o["shape"]))
     elif truth.get("generator") == "text":
         box = truth["box_px"]
         if sum(overlap(box, q) for q in patches) >= 0.15 * area(box):
-            out.append(truth["text"])
+            out.append((truth["text"],))
     return out
 
 
 def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32):
-    """(connector inputs [M, D_in], targets [M, D_lm]) over every visual token of up to `limit` images per file."""
+    """(connector inputs [M, D_in], targets [M, k * D_lm]) over every merged cell of up to `limit` images per file."""
     from PIL import Image
 
     from vlmkit.processing.images import ImageProcessor
@@ -84,6 +90,7 @@ def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32):
     proc = ImageProcessor.from_vision_config(model.cfg.vision)
     regions = token_regions(model.cfg.vision, model.connector)
     phrase_vec = phrase_embedder(model, tokenizer)
+    k = model.cfg.connector.tokens_per_cell
     xs, ys = [], []
     for path in files:
         rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
@@ -95,7 +102,7 @@ def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32):
                 feats = model.vision.forward_features(px)  # [B, N_patches, D_v]
                 x = model.connector.merge(feats)  # [B, N_tokens, D_v * r^2]: the projection's input
             for r, xi in zip(chunk, x):
-                ys.append(region_targets(r["truth"], regions, phrase_vec))
+                ys.append(region_targets(r["truth"], regions, phrase_vec, k).reshape(len(regions), -1))  # [N_cells, k*D_lm]
                 xs.append(xi)
     return torch.cat(xs), torch.cat(ys)
 
@@ -113,13 +120,21 @@ def phrase_embedder(model, tokenizer):
     return phrase_vec
 
 
-def region_targets(truth: dict, regions, phrase_vec) -> torch.Tensor:
-    """[N_tokens, D_lm]: each visual token's target, the mean embedding of the phrases naming what covers it
-    ("blank" where nothing does)."""
+def region_targets(truth: dict, regions, phrase_vec, k: int = 1) -> torch.Tensor:
+    """[N_cells * k, D_lm]: the targets of each merged cell's k visual tokens, in sequence order.
+
+    k = 1: the mean embedding of the phrases naming what covers the cell ("orange circle"). k = 2: a colour token
+    then a shape token, each the mean over the things in the cell, so the LM reads "orange", "circle" as two words
+    the way text puts them rather than one blend (a rendered word fills both). "blank" where nothing covers it."""
+    if k > 2:
+        raise ValueError(f"targets are defined for 1 or 2 tokens per cell (the phrase, or colour and shape), not {k}")
     out = []
     for patches in regions:
-        words = region_words(truth, patches)
-        out.append(torch.stack([phrase_vec(w) for w in words]).mean(0) if words else phrase_vec(BLANK))
+        things = region_words(truth, patches) or [(BLANK,)]
+        if k == 1:
+            out.append(torch.stack([phrase_vec(" ".join(t)) for t in things]).mean(0))
+        else:
+            out += [torch.stack([phrase_vec(t[min(j, len(t) - 1)]) for t in things]).mean(0) for j in range(k)]
     return torch.stack(out)
 
 
@@ -181,22 +196,23 @@ def main() -> None:
         raise SystemExit("fit_connector fits the pixel_shuffle connector's linear layer; this recipe builds "
                          f"{model.cfg.connector.kind}")
     x, y = collect(model, tok, [Path(p) for p in a.truth], a.images)
-    n_tok = len(token_regions(model.cfg.vision, model.connector))
+    n_tok = len(token_regions(model.cfg.vision, model.connector))  # merged cells per image
     n_img = len(x) // n_tok
     cut = int(n_img * (1 - a.val)) * n_tok  # hold out whole images, not tokens of seen images
     w, b = ridge(x[:cut], y[:cut], a.lam)
     with torch.no_grad():
-        pred = x[cut:] @ w.T + b
+        d_lm = model.cfg.connector.out_dim
+        pred, y = (x[cut:] @ w.T + b).reshape(-1, d_lm), y[cut:].reshape(-1, d_lm)  # [M_val * k, D_lm]
         emb = model.lm.model.get_input_embeddings().weight  # [V, D_lm]
         # does the nearest vocabulary entry of each held-out prediction match its target's?
         top = lambda v: (torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(emb, dim=-1).T).argmax(-1)
-        agree = (top(pred) == top(y[cut:])).float().mean().item()
-        cos = torch.nn.functional.cosine_similarity(pred, y[cut:], dim=-1).mean().item()
+        agree = (top(pred) == top(y)).float().mean().item()
+        cos = torch.nn.functional.cosine_similarity(pred, y, dim=-1).mean().item()
         proj.weight.copy_(w)
         proj.bias.copy_(b)
-    log.info("fit on %d visual tokens (%d images), held out %d images: cosine to target %.3f, nearest-token "
+    log.info("fit on %d merged cells (%d images), held out %d images: cosine to target %.3f, nearest-token "
              "agreement %.3f, prediction norm %.2f vs target %.2f", cut, cut // n_tok, n_img - cut // n_tok, cos,
-             agree, pred.norm(dim=-1).mean(), y[cut:].norm(dim=-1).mean())
+             agree, pred.norm(dim=-1).mean(), y.norm(dim=-1).mean())
     if a.adapters_from:
         copy_adapters(model, Path(a.adapters_from))
     out = Path(a.out)

@@ -31,7 +31,8 @@ def main(path: Path) -> None:
     rows = [json.loads(l) for l in (VAL / "eval.jsonl").read_text().splitlines() if l.strip()][:N]
     regions = fit.token_regions(model.cfg.vision, model.connector)
     phrase_vec = fit.phrase_embedder(model, tok)
-    targets = [fit.region_targets(truth[r["image"]], regions, phrase_vec) for r in rows]  # each [N_tokens, D_lm]
+    k = model.cfg.connector.tokens_per_cell
+    targets = [fit.region_targets(truth[r["image"]], regions, phrase_vec, k) for r in rows]  # each [N_tokens, D_lm]
     print("own tokens   ", eval_vqa(model, tok, VAL / "eval.jsonl", N, 24, 16, "cpu"))
     queue = list(targets)  # eval_vqa encodes the images batch by batch in row order
 

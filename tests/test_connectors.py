@@ -78,6 +78,21 @@ def test_bad_shapes_are_clear_errors():
         ConnectorConfig(kind="pixel_shuffle", in_dim=DV, out_dim=DL).num_output_tokens(21 * 21)
     with pytest.raises(ValueError, match="square patch grid"):
         build_connector(small("cabstractor"))(torch.randn(1, 17, DV))  # CLS kept: not a grid
+    with pytest.raises(ValueError, match="tokens_per_cell"):
+        ConnectorConfig(kind="mlp2x_gelu", in_dim=DV, out_dim=DL, tokens_per_cell=2)
+    with pytest.raises(ValueError, match="tokens_per_cell"):
+        ConnectorConfig(kind="pixel_shuffle", in_dim=DV, out_dim=DL, tokens_per_cell=0)
+
+
+def test_pixel_shuffle_with_two_tokens_per_cell_writes_each_cells_tokens_side_by_side():
+    torch.manual_seed(0)
+    two = build_connector(ConnectorConfig(kind="pixel_shuffle", in_dim=DV, out_dim=DL, scale_factor=2, tokens_per_cell=2))
+    x = torch.randn(3, 16, DV)  # a 4x4 grid -> 4 cells -> 8 tokens
+    y = two(x)
+    assert y.shape == (3, 8, DL) and two.cfg.num_output_tokens(16) == 8
+    flat = two.proj(two.merge(x))  # [3, 4 cells, 2 * DL]
+    torch.testing.assert_close(y[:, 2], flat[:, 1, :DL])  # cell 1's first token,
+    torch.testing.assert_close(y[:, 3], flat[:, 1, DL:])  # then its second, before cell 2's
 
 
 # ---- parameter counts, from the papers' structure written out by hand ----
@@ -92,7 +107,7 @@ def expected_params(c: ConnectorConfig) -> int:
     if c.kind == "mlp2x_gelu":
         return Dv * c.hidden_dim + c.hidden_dim + c.hidden_dim * Dl + Dl
     if c.kind == "pixel_shuffle":
-        return Dv * c.scale_factor**2 * Dl + Dl
+        return (Dv * c.scale_factor**2 * Dl + Dl) * c.tokens_per_cell
     if c.kind == "qformer":
         self_attn = ln(H) + (H * H + H) + (H * 2 * H + 2 * H) + (H * H + H)
         cross_attn = ln(H) + ln(Dv) + (H * H + H) + (Dv * 2 * H + 2 * H) + (H * H + H)

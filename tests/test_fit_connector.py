@@ -38,9 +38,26 @@ def test_region_words_name_what_covers_the_region(fit):
         {"colour": "red", "shape": "circle", "box_px": [2, 2, 20, 20]},       # inside
         {"colour": "blue", "shape": "star", "box_px": [25, 25, 60, 60]},      # a corner only
         {"colour": "green", "shape": "square", "box_px": [0, 20, 28, 90]}]}   # 8 px of 70: 11% of it, 29% of the block
-    assert fit.region_words(truth, block) == ["red circle"]
-    assert fit.region_words({"generator": "text", "text": "hello", "box_px": [10, 10, 40, 20]}, block) == ["hello"]
+    assert fit.region_words(truth, block) == [("red", "circle")]
+    assert fit.region_words({"generator": "text", "text": "hello", "box_px": [10, 10, 40, 20]}, block) == [("hello",)]
     assert fit.region_words({"generator": "charts"}, block) == []
+
+
+def test_two_tokens_per_cell_put_the_colour_then_the_shape(fit):
+    vec = {w: torch.full((3,), float(i)) for i, w in enumerate(["red", "circle", "blue", "star", "blank", "hello"])}
+    vec["red circle"], vec["blue star"] = torch.tensor([9.0, 9, 9]), torch.tensor([7.0, 7, 7])
+    phrase_vec = vec.__getitem__
+    a, b = [(0, 0, 10, 10)], [(10, 0, 20, 10)]  # two one-patch cells
+    truth = {"generator": "shapes", "objects": [{"colour": "red", "shape": "circle", "box_px": [0, 0, 10, 10]},
+                                                {"colour": "blue", "shape": "star", "box_px": [0, 0, 10, 10]}]}
+    one = fit.region_targets(truth, [a, b], phrase_vec, 1)  # [2 cells, D]: phrase means, "blank" when empty
+    assert one.tolist() == [[8.0] * 3, [4.0] * 3]
+    two = fit.region_targets(truth, [a, b], phrase_vec, 2)  # [2 cells * 2, D]: colour, shape, colour, shape
+    assert two.tolist() == [[1.0] * 3, [2.0] * 3, [4.0] * 3, [4.0] * 3]  # mean(red, blue), mean(circle, star), blank x2
+    word = fit.region_targets({"generator": "text", "text": "hello", "box_px": [0, 0, 10, 10]}, [a], phrase_vec, 2)
+    assert word.tolist() == [[5.0] * 3, [5.0] * 3]  # a rendered word fills both tokens
+    with pytest.raises(ValueError, match="1 or 2 tokens per cell"):
+        fit.region_targets(truth, [a], phrase_vec, 3)
 
 
 def test_ridge_recovers_a_linear_map(fit):

@@ -84,6 +84,10 @@ class ConnectorConfig:
     bias: bool = True
     act: str = "gelu"
     scale_factor: int = 2  # pixel_shuffle: r, the space-to-depth factor
+    # pixel_shuffle: LM tokens per merged cell. At 2 the projection writes two consecutive tokens per cell, so a
+    # region can read as two words ("red", "circle") in the order text puts them, instead of one blend of both
+    # (scripts/fit_connector.py; MODEL_CARD.md, vlmkit-smol). 1 is Idefics3's connector.
+    tokens_per_cell: int = 1
     # qformer / perceiver / cabstractor: visual tokens out, whatever goes in (0 = the paper's default:
     # 32 queries, 64 latents, 144 = 12x12 pooled cells; a C-Abstractor needs a perfect square).
     num_queries: int = 0
@@ -103,6 +107,9 @@ class ConnectorConfig:
             raise ValueError(f"connector.kind must be one of {CONNECTOR_KINDS}, got {self.kind!r}")
         if self.kind == "mlp2x_gelu" and not self.hidden_dim:
             self.hidden_dim = self.out_dim
+        if self.tokens_per_cell < 1 or (self.tokens_per_cell != 1 and self.kind != "pixel_shuffle"):
+            raise ValueError(f"connector.tokens_per_cell is a pixel_shuffle option of at least 1, got "
+                             f"{self.tokens_per_cell} for {self.kind!r}")
         if self.kind in RESAMPLER_DEFAULTS:
             queries, layers = RESAMPLER_DEFAULTS[self.kind]
             self.num_queries = self.num_queries or queries
@@ -121,7 +128,7 @@ class ConnectorConfig:
             side = math.isqrt(n_in)
             if side * side != n_in or side % self.scale_factor:
                 raise ValueError(f"pixel_shuffle needs a square grid divisible by {self.scale_factor}, got {n_in} tokens")
-            return n_in // self.scale_factor**2
+            return n_in // self.scale_factor**2 * self.tokens_per_cell
         if self.kind in RESAMPLER_DEFAULTS:
             return self.num_queries  # fixed by the learned queries / pooled grid, not by resolution
         return n_in

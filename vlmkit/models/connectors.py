@@ -71,20 +71,25 @@ def pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
 
 
 class PixelShuffleConnector(nn.Module):
-    """Pixel shuffle by r, then a linear layer (Idefics3 / SmolVLM): r^2 times fewer tokens."""
+    """Pixel shuffle by r, then a linear layer (Idefics3 / SmolVLM): r^2 times fewer tokens.
+
+    With `tokens_per_cell` k > 1 (ours, not Idefics3's) the layer writes k tokens per merged cell, consecutive in
+    the sequence: k times the tokens of Idefics3 at the same r.
+    """
 
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
         self.cfg = cfg
         self.norm = _pre_norm(cfg)
-        self.proj = nn.Linear(cfg.in_dim * cfg.scale_factor**2, cfg.out_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.in_dim * cfg.scale_factor**2, cfg.out_dim * cfg.tokens_per_cell, bias=cfg.bias)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_v * r^2]
         """What the projection sees (scripts/fit_connector.py fits the projection on it)."""
         return pixel_shuffle(self.norm(x), self.cfg.scale_factor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_lm]
-        return self.proj(self.merge(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2 * k, D_lm]
+        y = self.proj(self.merge(x))  # [B, N/r^2, k * D_lm]
+        return y.reshape(y.shape[0], -1, self.cfg.out_dim)  # cell m's k tokens at m*k .. m*k + k-1
 
 
 # ---- resamplers: a fixed number of visual tokens at any resolution ----
