@@ -4,6 +4,8 @@
       --out docs/images/vlmkit-smol-failures.png
   .venv/bin/python scripts/model_card_figures.py photos --model weights/vlmkit-smol \
       --out docs/images/vlmkit-smol-photos.png            (prints a markdown table too)
+  .venv/bin/python scripts/model_card_figures.py answers runs/eval/A runs/eval/B --task worlds-test \
+      --slices counting,colour,spatial        (a markdown table: which answers each run gives, and how often)
   .venv/bin/python scripts/model_card_figures.py ablation "trainable connector=docs/a-metrics.jsonl" \
       "frozen connector=docs/b-metrics.jsonl" "continued=docs/c-metrics.jsonl@600" --out docs/images/vlmkit-smol-image-gain.png
 
@@ -85,6 +87,32 @@ def photos(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def answers(args) -> None:
+    """Is a slice's score reading the image or an answer prior? Per run and slice: the accuracy, how many distinct
+    answers it gives, and its most frequent answers (count, and how many of those were right)."""
+    from collections import Counter
+
+    print("| slice | run | n | accuracy | distinct answers | most frequent answers (given / right) |")
+    print("|---|---|---:|---:|---:|---|")
+    for sl in args.slices.split(","):
+        for run in args.runs:
+            d = Path(run) / args.task
+            scores = {s["id"]: s["score"] for s in _jsonl(d / "scores.jsonl")}
+            preds = [p for p in _jsonl(d / "predictions.jsonl") if p["slice"] == sl]
+            if not preds:
+                raise SystemExit(f"{d}: no predictions in slice {sl!r}")
+            norm = lambda a: a.strip().lower().rstrip(".")
+            given = Counter(norm(p["prediction"]) for p in preds)
+            right = Counter(norm(p["prediction"]) for p in preds if scores[p["id"]] >= 1.0)
+            top = ", ".join(f"{a or '(empty)'} {c} / {right[a]}" for a, c in given.most_common(args.top))
+            acc = sum(scores[p["id"]] for p in preds) / len(preds)
+            print(f"| {sl} | {Path(run).name} | {len(preds)} | {acc:.2f} | {len(given)} | {top} |")
+
+
 def _eval_rows(path: Path) -> list[dict]:
     from vlmkit.train.plot import read_metrics
 
@@ -137,6 +165,12 @@ def main() -> None:
     ph.add_argument("--model", default=None)
     ph.add_argument("--out", required=True)
     ph.set_defaults(func=photos)
+    an = sub.add_parser("answers")
+    an.add_argument("runs", nargs="+", help="eval run folders (vlmkit eval --out)")
+    an.add_argument("--task", required=True, help="the task's folder in each run, e.g. worlds-test")
+    an.add_argument("--slices", required=True)
+    an.add_argument("--top", type=int, default=4)
+    an.set_defaults(func=answers)
     ab = sub.add_parser("ablation")
     ab.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
     ab.add_argument("--out", required=True)
