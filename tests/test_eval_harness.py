@@ -159,6 +159,25 @@ def test_a_slice_with_two_metrics_scores_the_mean_of_its_samples(tmp_path):
     assert "spatial-yesno-confusion.png" in write_report(tmp_path / "run").read_text()
 
 
+def test_each_slice_reports_the_best_constant_answer(tmp_path):
+    write_images(tmp_path / "images", 2)
+    mk = lambda i, a, m, sl: {"id": f"s{i}", "image": f"images/img{i % 2}.png", "question": f"q{i}?", "answers": a,
+                              "metric": m, "slice": sl}
+    samples = [mk(0, ["1"], "exact", "count"), mk(1, ["1"], "exact", "count"), mk(2, ["1"], "exact", "count"),
+               mk(3, ["2"], "exact", "count"),
+               mk(4, ["yes"], "yesno", "spatial"), mk(5, ["no"], "yesno", "spatial"), mk(6, ["yes"], "yesno", "spatial"),
+               mk(7, ["circle"], "exact", "spatial"), mk(8, ["square"], "exact", "spatial"), mk(9, ["square"], "exact", "spatial")]
+    spec = load_spec(write_task(tmp_path, samples, {}))
+    results = run_eval(Oracle({}), [spec], tmp_path / "run", EvalConfig(progress=False))
+    rows = {r["name"]: r for r in results["tasks"]["tiny"]["slices"]}
+    assert rows["count"]["prior"] == 0.75 and rows["count"]["prior_answers"] == {"exact": "1"}
+    # "yes" to the yes/no questions (2 of 3) and "square" to the others (2 of 3): 4 of 6
+    assert rows["spatial"]["prior"] == pytest.approx(4 / 6)
+    assert rows["spatial"]["prior_answers"] == {"yesno": "yes", "exact": "square"}
+    report = write_report(tmp_path / "run", charts=False).read_text()
+    assert "| count | exact | 4 | 0.0000 | 0.7500 (1) |" in report and "0.6667 (yes; square)" in report
+
+
 def test_tiny_model_end_to_end(vlm, task_dir, tmp_path):
     spec = load_spec(task_dir)
     out = tmp_path / "run"

@@ -4,7 +4,8 @@ A run folder holds:
     run.json                what was run (model fingerprint, tasks, settings)
     TASK/predictions.jsonl  one record per sample, appended and fsynced after each batch
     TASK/scores.jsonl       each sample's score (rewritten at scoring time)
-    results.json            per task and slice: metric, n, score, extras, bars, pass/fail
+    results.json            per task and slice: metric, n, score, extras, bars, pass/fail, and the score of the
+                            best constant answer (`prior`: what answering without the image can reach)
 A resumed run keeps every prediction without an error and runs the rest in the same
 batches a fresh run would use, so with the same settings it reproduces a fresh run
 exactly. A sample whose inference fails (a broken image, say) is recorded with its
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE, RESULTS_FILE = "run.json", "results.json"
 PREDICTIONS_FILE, SCORES_FILE = "predictions.jsonl", "scores.jsonl"
+PRIOR_CANDIDATES = 20  # a slice's constant-answer baseline tries its 20 most common reference answers
 _EPS = 1e-12  # float noise: a mean that should be 0.95 but sums to 0.9499999999999 still meets a bar of 0.95
 
 
@@ -194,10 +197,11 @@ def score_task(task: TaskSpec, samples: list[Sample], records: list[dict]) -> di
         by_slice.setdefault(s.slice, {}).setdefault(s.metric, []).append((s, r))
     rows, per_sample = [], []
     for sl, groups in by_slice.items():
-        results, scores = {}, {}
+        results, scores, prior = {}, {}, {}
         for metric, items in groups.items():
             preds = [r["prediction"] if not r.get("error") else _failed_answer(metric, s.answers) for s, r in items]
             results[metric] = res = evaluate(metric, preds, [s.answers for s, _ in items])
+            prior[metric] = constant_baseline(metric, [s.answers for s, _ in items])
             for (s, _), v in zip(items, res.per_sample):
                 scores[s.id] = v
                 per_sample.append({"id": s.id, "slice": sl, "metric": metric, "score": v})
@@ -212,16 +216,31 @@ def score_task(task: TaskSpec, samples: list[Sample], records: list[dict]) -> di
                 extras.update({f"{m}/score": res.score, f"{m}/n": len(res.per_sample)})
                 extras.update({f"{m}/{k}": v for k, v in res.extras.items()})
         items = [it for g in groups.values() for it in g]
-        rows.append(_row(task, sl, metric, list(results), items, score, extras))
+        row = _row(task, sl, metric, list(results), items, score, extras)
+        row["prior"] = sum(prior[m][0] * len(g) for m, g in groups.items()) / len(items)  # per-sample mean, as the score
+        row["prior_answers"] = {m: a for m, (_, a) in prior.items()}
+        rows.append(row)
     rows += missing_rows(task, set(by_slice))
     return {"spec": str(task.spec_path or task.samples), "n": len(samples), "errors": sum(1 for r in records if r.get("error")),
             "slices": rows, "per_sample": per_sample}
 
 
+def constant_baseline(metric: str, references: list[list[str]]) -> tuple[float, str]:
+    """(score, answer): the best that one fixed answer scores on these references, trying their most common first
+    answers. A model that ignores the image can reach it from its answer prior alone ("1" to every counting
+    question, "yes" to every yes/no), so a slice's score means little until it beats this."""
+    best = (0.0, "")
+    for answer, _ in Counter(r[0] for r in references if r).most_common(PRIOR_CANDIDATES):
+        score = evaluate(metric, [answer] * len(references), references).score
+        if score > best[0]:
+            best = (score, answer)
+    return best
+
+
 def missing_rows(task, present: set[str]) -> list[dict]:
     """A row for each slice that has a bar but no samples: a required slice cannot pass by being absent."""
     return [{"name": sl, "slice": sl, "metric": None, "metrics": [], "n": 0, "errors": 0, "score": None,
-             "extras": {}, "bars": bars, "checks": [], "status": "missing"}
+             "extras": {}, "bars": bars, "checks": [], "status": "missing", "prior": None, "prior_answers": {}}
             for sl, bars in task.pass_bars.items() if sl not in present]
 
 

@@ -37,6 +37,14 @@ def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
+def _prior_text(row: dict) -> str:
+    """The slice's constant-answer baseline and the answer(s) that reach it (results.json from before it existed: -)."""
+    if row.get("prior") is None:
+        return "-"
+    answers = "; ".join(_cell(a, 24) for a in row.get("prior_answers", {}).values())
+    return f"{row['prior']:.4f} ({answers})"
+
+
 def _bar_text(bars: dict) -> str:
     return ", ".join(f"{k} ≥ {v:g}" if k != "score" else f"≥ {v:g}" for k, v in bars.items()) or "-"
 
@@ -80,10 +88,10 @@ def write_report(run_dir: str | Path, results: dict | None = None, charts: bool 
     for tname, t in results["tasks"].items():
         rows = t["slices"]
         lines += ["", f"## {tname}", "", f"{t['n']} samples, {t['errors']} inference errors. Spec: `{t['spec']}`", "",
-                  "| slice | metric | n | score | bar | status |", "|---|---|---:|---:|---|---|"]
+                  "| slice | metric | n | score | best constant answer | bar | status |", "|---|---|---:|---:|---|---|---|"]
         for r in rows:
-            lines.append(f"| {_cell(r['name'])} | {r['metric'] or '-'} | {r['n']} | {_fmt(r['score'])} | {_bar_text(r['bars'])} | "
-                         f"{r['status'].upper() if r['status'] in ('pass', 'fail', 'missing') else '-'} |")
+            lines.append(f"| {_cell(r['name'])} | {r['metric'] or '-'} | {r['n']} | {_fmt(r['score'])} | {_prior_text(r)} | "
+                         f"{_bar_text(r['bars'])} | {r['status'].upper() if r['status'] in ('pass', 'fail', 'missing') else '-'} |")
         extras = [r for r in rows if r["extras"]]
         if extras:
             lines += ["", "Other numbers:", ""]
