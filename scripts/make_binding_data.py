@@ -1,0 +1,45 @@
+"""Colour-binding conversations for stage 2: every nameable object's colour, one turn each, on the training scenes.
+
+The shipped model's wrong colours are mostly another object's colour in the same scene (MODEL_CARD.md, failure
+gallery): it sees colours but does not bind them to the shape asked about. The generator asks one colour question
+per scene, so a prior ("brown") answers much of the colour loss. Here each training scene asks for the colour of
+every object that can be named without its colour ("the star", "the small circle"), in random order, so the only
+way to answer all of them is to bind. Written next to the scenes (same images, training split only):
+
+    .venv/bin/python scripts/make_binding_data.py data/shapes/train   # -> data/shapes/train/binding.jsonl
+"""
+import json
+import random
+import sys
+from pathlib import Path
+
+from vlmkit.data.shapes import _colour_referents
+
+PHRASINGS = ("What colour is the {}?", "What is the colour of the {}?", "Which colour is the {}?")
+
+
+def conversation(row: dict, rng: random.Random) -> dict | None:
+    refs = _colour_referents(row["truth"]["objects"])
+    if len(refs) < 2:  # one nameable object: the generator's own question already covers it
+        return None
+    rng.shuffle(refs)
+    turns = []
+    for i, (obj, name) in enumerate(refs):
+        q = rng.choice(PHRASINGS).format(name)
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": obj["colour"]}]
+    return {"id": row["id"] + "-binding", "image": row["image"], "conversations": turns}
+
+
+def main(folder: Path) -> None:
+    rng = random.Random(7)
+    rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
+    out = [c for c in (conversation(r, rng) for r in rows) if c is not None]
+    tmp = folder / ".binding.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(c) + "\n" for c in out))
+    tmp.replace(folder / "binding.jsonl")
+    turns = sum(len(c["conversations"]) // 2 for c in out)
+    print(f"wrote {folder / 'binding.jsonl'}: {len(out)} conversations, {turns} colour questions (of {len(rows)} scenes)")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
