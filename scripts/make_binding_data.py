@@ -13,9 +13,7 @@ import random
 import sys
 from pathlib import Path
 
-from vlmkit.data.shapes import _colour_referents
-
-PHRASINGS = ("What colour is the {}?", "What is the colour of the {}?", "Which colour is the {}?")
+from vlmkit.data.shapes import COLOUR_QUESTIONS, _colour_referents
 
 
 def conversation(row: dict, rng: random.Random) -> dict | None:
@@ -25,7 +23,7 @@ def conversation(row: dict, rng: random.Random) -> dict | None:
     rng.shuffle(refs)
     turns = []
     for i, (obj, name) in enumerate(refs):
-        q = rng.choice(PHRASINGS).format(name)
+        q = rng.choice(COLOUR_QUESTIONS).format(name)
         turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": obj["colour"]}]
     return {"id": row["id"] + "-binding", "image": row["image"], "conversations": turns}
 

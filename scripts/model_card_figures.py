@@ -17,7 +17,6 @@ answer loss depends on the image at all, step by step, next to the scale of the 
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 import time
 from pathlib import Path
@@ -32,17 +31,22 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "rocket", "horse", "text",
 PHOTO_QUESTIONS = ("What is in this picture?", "How many shapes are in the image?", "What is written in the image?")
 
 
+def _run_task(run: str, task_dir: str) -> tuple[list[dict], dict[str, float]]:
+    """An eval run's predictions for one task (file order) and each sample's score."""
+    from vlmkit.eval.harness import PREDICTIONS_FILE, SCORES_FILE, read_predictions, read_scores
+
+    d = Path(run) / task_dir
+    if not (d / PREDICTIONS_FILE).is_file():
+        raise SystemExit(f"{d}: no {PREDICTIONS_FILE} (is this a `vlmkit eval --out` folder?)")
+    return list(read_predictions(d / PREDICTIONS_FILE).values()), {s["id"]: s["score"] for s in read_scores(d / SCORES_FILE)}
+
+
 def failures(args) -> None:
     from vlmkit.eval.tasks import load_samples, resolve
 
     task = resolve(args.task)
     by_id = {s.id: s for s in load_samples(task)}
-    preds = [json.loads(l) for l in (Path(args.run) / task.name / "predictions.jsonl").read_text().splitlines() if l.strip()]
-    scores = {}
-    for line in (Path(args.run) / task.name / "scores.jsonl").read_text().splitlines():
-        if line.strip():
-            s = json.loads(line)
-            scores[s["id"]] = s["score"]
+    preds, scores = _run_task(args.run, task.name)
     rows = []
     for sl in args.slices.split(","):
         wrong = [p for p in preds if p["slice"] == sl and scores.get(p["id"], 1.0) < 1.0][:args.n]
@@ -87,10 +91,6 @@ def photos(args) -> None:
     print(f"wrote {args.out}")
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-
-
 def answers(args) -> None:
     """Is a slice's score reading the image or an answer prior? Per run and slice: the accuracy, how many distinct
     answers it gives, and its most frequent answers (count, and how many of those were right)."""
@@ -100,11 +100,10 @@ def answers(args) -> None:
     print("|---|---|---:|---:|---:|---|")
     for sl in args.slices.split(","):
         for run in args.runs:
-            d = Path(run) / args.task
-            scores = {s["id"]: s["score"] for s in _jsonl(d / "scores.jsonl")}
-            preds = [p for p in _jsonl(d / "predictions.jsonl") if p["slice"] == sl]
+            preds, scores = _run_task(run, args.task)
+            preds = [p for p in preds if p["slice"] == sl]
             if not preds:
-                raise SystemExit(f"{d}: no predictions in slice {sl!r}")
+                raise SystemExit(f"{Path(run) / args.task}: no predictions in slice {sl!r}")
             norm = lambda a: a.strip().lower().rstrip(".")
             given = Counter(norm(p["prediction"]) for p in preds)
             right = Counter(norm(p["prediction"]) for p in preds if scores[p["id"]] >= 1.0)

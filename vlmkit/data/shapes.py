@@ -32,6 +32,7 @@ COLOURS = {  # names a person would agree on, far from each other and from the l
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle", "star", "rectangle")
+COLOUR_QUESTIONS = ("What colour is the {}?", "What is the colour of the {}?", "Which colour is the {}?")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "rectangle": "rectangles"}
 SIZES = {"small": (0.045, 0.065), "large": (0.085, 0.11)}  # half-extent as a fraction of the side; a gap between them
 BACKGROUNDS = ("plain", "noisy", "gradient")
@@ -166,7 +167,7 @@ class ShapesGenerator:
 
     def _colour(self, objects, rng) -> QA:
         o, desc = rng.choice(_colour_referents(objects))
-        q = rng.choice(["What colour is the {}?", "What is the colour of the {}?", "Which colour is the {}?"]).format(desc)
+        q = rng.choice(COLOUR_QUESTIONS).format(desc)
         return QA(q, o["colour"], "colour", "exact")
 
     def _spatial(self, objects, rng) -> QA | None:

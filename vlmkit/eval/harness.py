@@ -113,6 +113,13 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def read_scores(path: Path) -> list[dict]:
+    """TASK/scores.jsonl's rows (empty when the task was never scored)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_predictions(path: Path) -> dict[str, dict]:
     """id -> last record; a torn last line (a crash mid-write) is skipped."""
     out: dict[str, dict] = {}

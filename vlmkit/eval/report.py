@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import VlmkitError
-from .harness import PREDICTIONS_FILE, RESULTS_FILE, SCORES_FILE, read_predictions
+from .harness import PREDICTIONS_FILE, RESULTS_FILE, SCORES_FILE, read_predictions, read_scores
 from .metrics import CLASSIFICATION_METRICS
 from .metrics.pope import pope_label, yes_no
 from .metrics.relaxed import normalize_exact
@@ -102,7 +102,7 @@ def write_report(run_dir: str | Path, results: dict | None = None, charts: bool 
             png = ch.slice_chart(f"{tname}: score by slice", rows, run_dir / CHARTS_DIR / f"{_slug(tname)}-slices.png")
             lines += ["", f"![{tname} slices]({png.relative_to(run_dir)})"]
         preds = read_predictions(run_dir / tname / PREDICTIONS_FILE)
-        scores = _read_scores(run_dir / tname / SCORES_FILE)
+        scores = read_scores(run_dir / tname / SCORES_FILE)
         for r in rows:
             if not r["metric"]:
                 continue
@@ -128,12 +128,6 @@ def write_report(run_dir: str | Path, results: dict | None = None, charts: bool 
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
     return path
-
-
-def _read_scores(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---- comparison ----
