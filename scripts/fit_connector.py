@@ -27,6 +27,12 @@ Two tokens per cell, a colour word then a shape word instead of their blend (MOD
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.tokens_per_cell=2 \
         --adapters-from runs/vlmkit-smol-stage2/final --out runs/vlmkit-smol-k2-warm
 
+An MLP projection (connector.hidden_dim > 0) is fitted by regression to the same targets instead of ridge
+(MODEL_CARD.md, session 8: closer to the targets than the linear map at 16 tokens):
+
+    .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.hidden_dim=1024 \
+        --truth data/shapes/train/truth.jsonl --images 5000 --adapters-from runs/smol-oracle/final --out runs/smol-mlp
+
 Only the training splits are read. The model is built exactly as the recipe's stage would build it
 (tower from model.vision_init, SmolLM2 from the package, a fresh connector, the recipe's chat template).
 """
@@ -149,6 +155,42 @@ def ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, t
     return w.float(), (my - mx @ w.T).float()
 
 
+def fit_mlp(x: torch.Tensor, y: torch.Tensor, proj: torch.nn.Sequential, epochs: int, lr: float = 1e-3,
+            batch: int = 256, seed: int = 0) -> None:
+    """Fit the MLP projection (Linear, GELU, Linear) to the targets by regression: MSE plus 0.1 x cosine distance,
+    AdamW with a one-cycle schedule. Gradient descent here never sees the LM, so it cannot learn the constant soft
+    prompt that training through the LM did (MODEL_CARD.md). The inputs are standardised per feature for the fit;
+    that scaling is folded into the first layer afterwards, so the connector takes its usual inputs."""
+    g = torch.Generator().manual_seed(seed)
+    first = proj[0]
+    with torch.no_grad():  # a fresh init of the same shapes, from this seed
+        for m in (proj[0], proj[2]):
+            torch.nn.init.normal_(m.weight, std=m.in_features ** -0.5, generator=g)
+            if m.bias is not None:
+                m.bias.zero_()
+    mu, sd = x.mean(0), x.std(0) + 1e-5
+    xn = (x - mu) / sd
+    opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=1e-2)
+    per_epoch = len(x) // batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
+    for _ in tqdm(range(epochs), desc="MLP fit", unit="epoch"):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(per_epoch):
+            idx = perm[i * batch:(i + 1) * batch]
+            pred = proj(xn[idx])
+            loss = torch.nn.functional.mse_loss(pred, y[idx])
+            loss = loss + 0.1 * (1 - torch.nn.functional.cosine_similarity(pred, y[idx], dim=-1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():  # W (x - mu) / sd + b  ==  (W / sd) x + (b - W (mu / sd))
+        w = first.weight.clone()
+        first.weight.copy_(w / sd)
+        if first.bias is not None:
+            first.bias.copy_(first.bias - w @ (mu / sd))
+
+
 def copy_adapters(model, src: Path) -> None:
     """Give `model` the LoRA adapters of the model at `src`. The adapters learnt to read visual tokens in
     SmolLM2's word space; a refitted connector lands in the same space, so they carry over. They were
@@ -180,7 +222,9 @@ def main() -> None:
     ap.add_argument("--truth", nargs="+", default=["data/shapes/train/truth.jsonl", "data/text/train/truth.jsonl"])
     ap.add_argument("--images", type=int, default=2000, help="images per truth file")
     ap.add_argument("--val", type=float, default=0.1, help="share of images held out to report the fit")
-    ap.add_argument("--lam", type=float, default=1e-3)
+    ap.add_argument("--lam", type=float, default=1e-3, help="ridge penalty (linear projection)")
+    ap.add_argument("--epochs", type=int, default=12, help="regression epochs (MLP projection: connector.hidden_dim > 0)")
+    ap.add_argument("--seed", type=int, default=0, help="MLP init and data order")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     ap.add_argument("--adapters-from", metavar="MODEL", help="copy this model's LoRA adapters onto the fitted model, "
                     "so that stage 2 goes on from them (its tower must be the recipe's, tensor for tensor)")
@@ -192,24 +236,28 @@ def main() -> None:
     stage = build_vlm(load_config(a.recipe, a.set))
     model, tok = stage.model.eval(), stage.tokenizer
     proj = getattr(model.connector, "proj", None)
-    if model.cfg.connector.kind != "pixel_shuffle" or not isinstance(proj, torch.nn.Linear):
-        raise SystemExit("fit_connector fits the pixel_shuffle connector's linear layer; this recipe builds "
+    if model.cfg.connector.kind != "pixel_shuffle":
+        raise SystemExit("fit_connector fits the pixel_shuffle connector's projection; this recipe builds "
                          f"{model.cfg.connector.kind}")
     x, y = collect(model, tok, [Path(p) for p in a.truth], a.images)
     n_tok = len(token_regions(model.cfg.vision, model.connector))  # merged cells per image
     n_img = len(x) // n_tok
     cut = int(n_img * (1 - a.val)) * n_tok  # hold out whole images, not tokens of seen images
-    w, b = ridge(x[:cut], y[:cut], a.lam)
+    if isinstance(proj, torch.nn.Linear):
+        w, b = ridge(x[:cut], y[:cut], a.lam)
+        with torch.no_grad():
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+    else:  # connector.hidden_dim > 0
+        fit_mlp(x[:cut], y[:cut], proj, a.epochs, seed=a.seed)
     with torch.no_grad():
         d_lm = model.cfg.connector.out_dim
-        pred, y = (x[cut:] @ w.T + b).reshape(-1, d_lm), y[cut:].reshape(-1, d_lm)  # [M_val * k, D_lm]
+        pred, y = proj(x[cut:]).reshape(-1, d_lm), y[cut:].reshape(-1, d_lm)  # [M_val * k, D_lm]
         emb = model.lm.model.get_input_embeddings().weight  # [V, D_lm]
         # does the nearest vocabulary entry of each held-out prediction match its target's?
         top = lambda v: (torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(emb, dim=-1).T).argmax(-1)
         agree = (top(pred) == top(y)).float().mean().item()
         cos = torch.nn.functional.cosine_similarity(pred, y, dim=-1).mean().item()
-        proj.weight.copy_(w)
-        proj.bias.copy_(b)
     log.info("fit on %d merged cells (%d images), held out %d images: cosine to target %.3f, nearest-token "
              "agreement %.3f, prediction norm %.2f vs target %.2f", cut, cut // n_tok, n_img - cut // n_tok, cos,
              agree, pred.norm(dim=-1).mean(), y.norm(dim=-1).mean())
@@ -217,7 +265,8 @@ def main() -> None:
         copy_adapters(model, Path(a.adapters_from))
     out = Path(a.out)
     model.save_pretrained(out, tokenizer=tok)
-    (out / "fit_connector.json").write_text(json.dumps(dict(recipe=a.recipe, truth=a.truth, images=a.images, lam=a.lam,
+    (out / "fit_connector.json").write_text(json.dumps(dict(recipe=a.recipe, overrides=a.set, truth=a.truth,
+                                                            images=a.images, lam=a.lam, epochs=a.epochs,
                                                             held_out_cosine=cos, held_out_token_agreement=agree), indent=1))
     log.info("wrote %s", out)
 

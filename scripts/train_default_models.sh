@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (connector fit + stage 2),
+# Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (connector fit, stage 2,
+# the oracle stage, the MLP connector fit and a short stage on the whole mixture),
 # then fp16 exports into weights/*.new. Safe to re-run: finished steps are skipped and an interrupted
-# training run resumes from its latest checkpoint. About 6 hours on 2 CPU cores; run it in the background:
+# training run resumes from its latest checkpoint. About 7 hours on 2 CPU cores; run it in the background:
 #   nohup bash scripts/train_default_models.sh > train.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +37,20 @@ train recipes/vlmkit-clip-more.toml runs/vlmkit-clip-more
 [ -f runs/vlmkit-smol-align/final/model.safetensors ] || .venv/bin/python scripts/fit_connector.py \
   recipes/vlmkit-smol-stage1.toml --out runs/vlmkit-smol-align/final --images 1500
 train recipes/vlmkit-smol-stage2.toml runs/vlmkit-smol-stage2
+# stage 2b: the adapters learn to bind colour to shape from ground-truth word tokens in the visual positions
+[ -f data/shapes/train/binding.jsonl ] || .venv/bin/python scripts/make_binding_data.py data/shapes/train
+if [ ! -f runs/vlmkit-smol-oracle/final/model.safetensors ]; then
+  resume=$([ -d runs/vlmkit-smol-oracle/checkpoints ] && echo --resume || true)
+  .venv/bin/python scripts/oracle_stage.py train recipes/vlmkit-smol-oracle.toml --worlds data/shapes/train data/shapes/val $resume
+fi
+# an MLP connector regressed onto the same targets (closer to them than stage 1's linear map), carrying those adapters
+[ -f runs/vlmkit-smol-mlp/final/model.safetensors ] || .venv/bin/python scripts/fit_connector.py \
+  recipes/vlmkit-smol-stage1.toml --set model.connector.hidden_dim=1024 --truth data/shapes/train/truth.jsonl \
+  --images 5000 --adapters-from runs/vlmkit-smol-oracle/final --out runs/vlmkit-smol-mlp/final
+# stage 2c: real tokens, the whole mixture (brings the abstention and easy-vqa back)
+train recipes/vlmkit-smol-polish.toml runs/vlmkit-smol-polish
 
-for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-stage2; do
+for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-polish; do
   name=${m%%:*} run=runs/${m##*:}
   [ -f "weights/$name.new/model.safetensors" ] || $V export "$run/final" --out "weights/$name.new"
 done

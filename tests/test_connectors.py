@@ -107,7 +107,8 @@ def expected_params(c: ConnectorConfig) -> int:
     if c.kind == "mlp2x_gelu":
         return Dv * c.hidden_dim + c.hidden_dim + c.hidden_dim * Dl + Dl
     if c.kind == "pixel_shuffle":
-        return (Dv * c.scale_factor**2 * Dl + Dl) * c.tokens_per_cell
+        d_in, d_out = Dv * c.scale_factor**2, Dl * c.tokens_per_cell
+        return (d_in * H + H + H * d_out + d_out) if H else d_in * d_out + d_out
     if c.kind == "qformer":
         self_attn = ln(H) + (H * H + H) + (H * 2 * H + 2 * H) + (H * H + H)
         cross_attn = ln(H) + ln(Dv) + (H * H + H) + (Dv * 2 * H + 2 * H) + (H * H + H)
@@ -127,6 +128,7 @@ def expected_params(c: ConnectorConfig) -> int:
 
 @pytest.mark.parametrize("cfg", [
     small("linear"), small("mlp2x_gelu"), small("mlp2x_gelu", hidden_dim=40), small("pixel_shuffle", scale_factor=3),
+    small("pixel_shuffle", hidden_dim=40), small("pixel_shuffle", hidden_dim=40, tokens_per_cell=2),
     small("qformer"), small("qformer", hidden_dim=48, num_layers=2, num_queries=5),
     small("perceiver"), small("perceiver", hidden_dim=48, num_layers=3, mlp_ratio=2.0),
     small("cabstractor"), small("cabstractor", hidden_dim=40, num_layers=2, num_queries=16),

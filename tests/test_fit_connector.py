@@ -108,3 +108,18 @@ def test_adapters_carry_over_to_a_refitted_connector_and_only_onto_their_tower(f
     other = _tiny_vlm(src, scale_factor=2)  # a fresh tower: the adapters never saw its tokens
     with pytest.raises(SystemExit, match="another tower"):
         fit.copy_adapters(other, tmp_path / "trained")
+
+
+def test_mlp_fit_learns_a_nonlinear_map_and_takes_raw_inputs(fit):
+    g = torch.Generator().manual_seed(0)
+    scale, shift = torch.rand(12, generator=g) * 20 + 0.5, torch.randn(12, generator=g) * 30  # unstandardised inputs
+    z = torch.randn(3000, 12, generator=g)
+    x = z * scale + shift
+    y = torch.cat([z[:, :4].abs(), torch.tanh(z[:, 4:8] * z[:, 8:])], dim=1)  # [N, 8]: not linear in x
+    proj = torch.nn.Sequential(torch.nn.Linear(12, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    fit.fit_mlp(x[:2500], y[:2500], proj, epochs=30, lr=3e-3, batch=100)
+    with torch.no_grad():
+        mlp_err = torch.nn.functional.mse_loss(proj(x[2500:]), y[2500:]).item()  # raw x: the scaling is folded in
+    w, b = fit.ridge(x[:2500], y[:2500], 1e-3)
+    lin_err = torch.nn.functional.mse_loss(x[2500:] @ w.T + b, y[2500:]).item()
+    assert mlp_err < 0.5 * lin_err, (mlp_err, lin_err)

@@ -74,14 +74,20 @@ class PixelShuffleConnector(nn.Module):
     """Pixel shuffle by r, then a linear layer (Idefics3 / SmolVLM): r^2 times fewer tokens.
 
     With `tokens_per_cell` k > 1 (ours, not Idefics3's) the layer writes k tokens per merged cell, consecutive in
-    the sequence: k times the tokens of Idefics3 at the same r.
+    the sequence: k times the tokens of Idefics3 at the same r. With `hidden_dim` > 0 (ours too) the projection
+    is a two-layer GELU MLP of that width.
     """
 
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
         self.cfg = cfg
         self.norm = _pre_norm(cfg)
-        self.proj = nn.Linear(cfg.in_dim * cfg.scale_factor**2, cfg.out_dim * cfg.tokens_per_cell, bias=cfg.bias)
+        d_in, d_out = cfg.in_dim * cfg.scale_factor**2, cfg.out_dim * cfg.tokens_per_cell
+        if cfg.hidden_dim:  # ours: a GELU MLP in place of the linear layer (scripts/fit_connector.py --mlp)
+            self.proj = nn.Sequential(nn.Linear(d_in, cfg.hidden_dim, bias=cfg.bias), nn.GELU(),
+                                      nn.Linear(cfg.hidden_dim, d_out, bias=cfg.bias))
+        else:
+            self.proj = nn.Linear(d_in, d_out, bias=cfg.bias)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_v * r^2]
         """What the projection sees (scripts/fit_connector.py fits the projection on it)."""

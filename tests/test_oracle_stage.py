@@ -1,0 +1,47 @@
+"""scripts/oracle_stage.py: world images get their ground-truth word tokens, every other image keeps its own."""
+import importlib.util
+import json
+import types
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vlmkit.processing.images import ImageProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_world_images_get_oracle_tokens_and_others_their_own(tmp_path):
+    from tiny import tiny_vlm
+
+    oracle, fit = _load("oracle_stage"), _load("fit_connector")
+    vlm = tiny_vlm(connector="pixel_shuffle")  # 32 px, 4x4 patches of 8 px, 2x2 shuffle: 4 visual tokens
+    model, tok = vlm.model, vlm.tokenizer
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "images" / "a.png")
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "other.png")  # not in the world folder
+    truth = {"generator": "shapes", "objects": [{"colour": "red", "shape": "circle", "box_px": [0, 0, 16, 16]}]}
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": truth}) + "\n")
+
+    encode = oracle.oracle_encoder([tmp_path], model.cfg.vision, tok)
+    pixels = ImageProcessor.from_vision_config(model.cfg.vision)([tmp_path / "images" / "a.png", tmp_path / "other.png"])
+    own = model.encode_images(pixels)  # [2, 4, D_lm]
+    model.encode_images = types.MethodType(encode, model)
+    with torch.no_grad():
+        out = model.encode_images(pixels)
+
+    regions = fit.token_regions(model.cfg.vision, model.connector)
+    want = fit.region_targets(truth, regions, fit.phrase_embedder(model, tok))  # [4, D_lm]
+    assert out.shape == own.shape
+    assert torch.equal(out[0], want)
+    assert not torch.allclose(want[0], want[1])  # the circle's cell differs from the blank ones
+    assert torch.allclose(out[1], own[1])
+    assert dict(encode.counts) == {"oracle": 1, "own": 1}
