@@ -1,20 +1,22 @@
-"""Train or evaluate vlmkit-smol with *oracle* visual tokens: can the LM learn to bind at all?
+"""vlmkit-smol with *oracle* visual tokens: is the connector or the LM the bottleneck, and can the LM bind at all?
 
-The oracle check (scripts/oracle_tokens.py) put the ground-truth word tokens of the closed-form fit in the
-visual positions of a model whose LoRA adapters had only ever read real tokens: colour 0.67. This script
-trains the adapters on those oracle tokens too, so the question becomes whether SmolLM2 + LoRA can learn to
-answer "what colour is the small circle" from per-cell word embeddings within a CPU budget; no tower error
-is left in the way. It wraps `vlmkit train` (same recipe, --set, --out, --resume): every image of the given
-generated-world folders gets its oracle tokens in place of the connector's output; any other image (easy-vqa,
-the ablation's blank image) keeps the model's own tokens.
+The oracle tokens of a world image are the closed-form fit's targets (scripts/fit_connector.py): SmolLM2's
+embeddings of the words naming what covers each visual token's region, from the generator's ground truth.
+
+- `eval`: VQA accuracy by slice on a world folder's eval.jsonl, with the model's own tokens and then with the oracle
+  tokens in their place. If the oracle scores no better, the region-to-word map is not what limits the model.
+- `train` (vlmkit-smol's stage 2b): wraps `vlmkit train` (same recipe, --set, --out, --resume), with every image of
+  the given world folders encoded as its oracle tokens; any other image (easy-vqa, the ablation's blank image)
+  keeps the model's own. Adapters that had only read real tokens scored 0.56 on colour with oracle tokens; 150
+  steps on them brought it to 0.78 (MODEL_CARD.md, vlmkit-smol, session 8): the LM can learn to bind.
+- `text`: the bare SmolLM2, given the scene as text, on the colour questions (what the LM brings by itself).
 
 Images are recognised by a fingerprint of their processed pixels, since the trainer hands the model pixels,
 not file names; the processing is deterministic (no augmentation at training time).
 
-    .venv/bin/python scripts/oracle_stage.py train recipes/vlmkit-smol-stage2.toml --worlds data/shapes/train \\
-        data/shapes/val --out runs/smol-oracle --set model.init=runs/exp-frozen-conn/final ...
-    .venv/bin/python scripts/oracle_stage.py eval runs/smol-oracle/final --worlds data/shapes/val --n 200
-    .venv/bin/python scripts/oracle_stage.py text --worlds data/shapes/val --n 80   (the bare LM, scene as text)
+    .venv/bin/python scripts/oracle_stage.py train recipes/vlmkit-smol-oracle.toml --worlds data/shapes/train data/shapes/val
+    .venv/bin/python scripts/oracle_stage.py eval runs/vlmkit-smol-oracle/final --worlds data/shapes/val --n 200
+    .venv/bin/python scripts/oracle_stage.py text --worlds data/shapes/test --n 100
 """
 from __future__ import annotations
 
