@@ -80,7 +80,7 @@ class ConnectorConfig:
     out_dim: int = 0
     # mlp2x_gelu: 0 means out_dim, as in LLaVA-1.5.
     # qformer / perceiver / cabstractor: their internal width; 0 means in_dim (the tower's width).
-    # pixel_shuffle: 0 is Idefics3's single linear layer; > 0 a GELU MLP of this width (scripts/fit_connector.py --mlp).
+    # pixel_shuffle: 0 is Idefics3's single linear layer; > 0 a GELU MLP of this width (fitted by scripts/fit_connector.py).
     hidden_dim: int = 0
     bias: bool = True
     act: str = "gelu"

@@ -83,7 +83,7 @@ class PixelShuffleConnector(nn.Module):
         self.cfg = cfg
         self.norm = _pre_norm(cfg)
         d_in, d_out = cfg.in_dim * cfg.scale_factor**2, cfg.out_dim * cfg.tokens_per_cell
-        if cfg.hidden_dim:  # ours: a GELU MLP in place of the linear layer (scripts/fit_connector.py --mlp)
+        if cfg.hidden_dim:  # ours: a GELU MLP in place of the linear layer (fitted by scripts/fit_connector.py)
             self.proj = nn.Sequential(nn.Linear(d_in, cfg.hidden_dim, bias=cfg.bias), nn.GELU(),
                                       nn.Linear(cfg.hidden_dim, d_out, bias=cfg.bias))
         else:
