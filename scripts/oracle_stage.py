@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from vlmkit.models.lm import load_tokenizer
-from vlmkit.models.vlm import VisionLanguageModel
+from vlmkit.models.vlm import VisionLanguageModel, read_config
 from vlmkit.processing.images import ImageProcessor
 
 
@@ -67,18 +67,18 @@ def oracle_encoder(folders: list[Path], vision_cfg, tokenizer):
     state: dict = {}
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [N, 3, S, S] -> [N, N_tokens, D_lm]
-        out = own(self, pixel_values)
         if "phrase_vec" not in state:
             state["phrase_vec"] = fit.phrase_embedder(self, tokenizer)
             state["regions"] = fit.token_regions(self.cfg.vision, self.connector)
         k = self.cfg.connector.tokens_per_cell
-        rows = []
-        for i, px in enumerate(pixel_values):
-            truth = table.get(fingerprint(px.detach().cpu()))
-            encode_images.counts["oracle" if truth else "own"] += 1
-            rows.append(out[i] if truth is None else
-                        fit.region_targets(truth, state["regions"], state["phrase_vec"], k).to(out))
-        return torch.stack(rows)
+        truths = [table.get(fingerprint(px.detach().cpu())) for px in pixel_values]
+        misses = [i for i, t in enumerate(truths) if t is None]
+        # the tower and connector run only on images without an oracle: in the oracle stage that is none of them
+        own_tokens = iter(own(self, pixel_values[misses]) if misses else [])
+        ref = next(self.connector.parameters())  # dtype and device of the model's own tokens
+        encode_images.counts.update(oracle=len(truths) - len(misses), own=len(misses))
+        return torch.stack([next(own_tokens) if t is None else
+                            fit.region_targets(t, state["regions"], state["phrase_vec"], k).to(ref) for t in truths])
 
     encode_images.counts = Counter()
     return encode_images
@@ -147,8 +147,8 @@ def main() -> None:
         if not cfg.model.init:
             raise SystemExit("set model.init: the oracle replaces a trained model's visual tokens")
         init = Path(cfg.model.init)
-        start = VisionLanguageModel.from_pretrained(init)
-        encode = oracle_encoder(args.worlds, start.cfg.vision, load_tokenizer(init, start.cfg.lm))
+        start = read_config(init)  # the trainer loads the model itself: the config is all that is needed here
+        encode = oracle_encoder(args.worlds, start.vision, load_tokenizer(init, start.lm))
         VisionLanguageModel.encode_images = encode  # the trainer builds its own model: patch the class
         run(argparse.Namespace(config=args.config, overrides=args.overrides, out=args.out, resume=args.resume, progress=True))
         print("images encoded:", dict(encode.counts))
