@@ -33,6 +33,13 @@ An MLP projection (connector.hidden_dim > 0) is fitted by regression to the same
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.hidden_dim=1024 \
         --truth data/shapes/train/truth.jsonl --images 5000 --adapters-from runs/smol-oracle/final --out runs/smol-mlp
 
+64 tokens (pixel shuffle r = 2), and instance targets: a shape named in full only in the cell holding its centre,
+by its colour in the other cells it covers, so that each object is one shape word (MODEL_CARD.md, session 9):
+
+    .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.scale_factor=2 \
+        --set model.connector.hidden_dim=1024 --targets instance --truth data/shapes/train/truth.jsonl --images 4000 \
+        --adapters-from runs/vlmkit-smol-64/final --out runs/vlmkit-smol-inst
+
 Only the training splits are read. The model is built exactly as the recipe's stage would build it
 (tower from model.vision_init, SmolLM2 from the package, a fresh connector, the recipe's chat template).
 """
@@ -48,6 +55,7 @@ from tqdm import tqdm
 
 log = logging.getLogger("fit_connector")
 BLANK = "blank"
+TARGETS = ("cover", "instance")  # what a cell's target names: see region_words
 
 
 def token_regions(vcfg, connector) -> list[list[tuple[float, float, float, float]]]:
@@ -71,15 +79,25 @@ def area(b) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
 
-def region_words(truth: dict, patches: list[tuple]) -> list[tuple[str, ...]]:
+def region_words(truth: dict, patches: list[tuple], targets: str = "cover") -> list[tuple[str, ...]]:
     """What covers one visual token's patches, each thing as its words: ("orange", "circle") for a shape, (word,)
-    for rendered text. Empty: nothing does."""
+    for rendered text. Empty: nothing does.
+
+    targets = "instance": a shape is named in full only in the cell that holds its centre, and by its colour alone
+    in the other cells it covers, so that each object is one "circle" token however many cells it spans (counting
+    becomes counting shape words; with "cover" a large circle is four of them)."""
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, not {targets!r}")
     out = []
     if truth.get("generator") == "shapes":
         for o in truth["objects"]:
+            if targets == "instance" and any(q[0] <= o["center"][0] < q[2] and q[1] <= o["center"][1] < q[3]
+                                             for q in patches):
+                out.append((o["colour"], o["shape"]))
+                continue
             cover = sum(overlap(o["box_px"], q) for q in patches)
             if cover >= 0.3 * area(o["box_px"]) or cover >= 0.3 * sum(area(q) for q in patches):
-                out.append((o["colour"], o["shape"]))
+                out.append((o["colour"], o["shape"]) if targets == "cover" else (o["colour"],))
     elif truth.get("generator") == "text":
         box = truth["box_px"]
         if sum(overlap(box, q) for q in patches) >= 0.15 * area(box):
@@ -87,7 +105,7 @@ def region_words(truth: dict, patches: list[tuple]) -> list[tuple[str, ...]]:
     return out
 
 
-def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32):
+def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32, targets: str = "cover"):
     """(connector inputs [M, D_in], targets [M, k * D_lm]) over every merged cell of up to `limit` images per file."""
     from PIL import Image
 
@@ -108,7 +126,7 @@ def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32):
                 feats = model.vision.forward_features(px)  # [B, N_patches, D_v]
                 x = model.connector.merge(feats)  # [B, N_tokens, D_v * r^2]: the projection's input
             for r, xi in zip(chunk, x):
-                ys.append(region_targets(r["truth"], regions, phrase_vec, k).reshape(len(regions), -1))  # [N_cells, k*D_lm]
+                ys.append(region_targets(r["truth"], regions, phrase_vec, k, targets).reshape(len(regions), -1))  # [N_cells, k*D_lm]
                 xs.append(xi)
     return torch.cat(xs), torch.cat(ys)
 
@@ -126,7 +144,7 @@ def phrase_embedder(model, tokenizer):
     return phrase_vec
 
 
-def region_targets(truth: dict, regions, phrase_vec, k: int = 1) -> torch.Tensor:
+def region_targets(truth: dict, regions, phrase_vec, k: int = 1, targets: str = "cover") -> torch.Tensor:
     """[N_cells * k, D_lm]: the targets of each merged cell's k visual tokens, in sequence order.
 
     k = 1: the mean embedding of the phrases naming what covers the cell ("orange circle"). k = 2: a colour token
@@ -136,7 +154,7 @@ def region_targets(truth: dict, regions, phrase_vec, k: int = 1) -> torch.Tensor
         raise ValueError(f"targets are defined for 1 or 2 tokens per cell (the phrase, or colour and shape), not {k}")
     out = []
     for patches in regions:
-        things = region_words(truth, patches) or [(BLANK,)]
+        things = region_words(truth, patches, targets) or [(BLANK,)]
         if k == 1:
             out.append(torch.stack([phrase_vec(" ".join(t)) for t in things]).mean(0))
         else:
@@ -225,6 +243,8 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=1e-3, help="ridge penalty (linear projection)")
     ap.add_argument("--epochs", type=int, default=12, help="regression epochs (MLP projection: connector.hidden_dim > 0)")
     ap.add_argument("--seed", type=int, default=0, help="MLP init and data order")
+    ap.add_argument("--targets", choices=TARGETS, default="cover", help="cover: every cell an object covers names it "
+                    "in full; instance: only the cell holding its centre does, the others its colour")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     ap.add_argument("--adapters-from", metavar="MODEL", help="copy this model's LoRA adapters onto the fitted model, "
                     "so that stage 2 goes on from them (its tower must be the recipe's, tensor for tensor)")
@@ -239,7 +259,7 @@ def main() -> None:
     if model.cfg.connector.kind != "pixel_shuffle":
         raise SystemExit("fit_connector fits the pixel_shuffle connector's projection; this recipe builds "
                          f"{model.cfg.connector.kind}")
-    x, y = collect(model, tok, [Path(p) for p in a.truth], a.images)
+    x, y = collect(model, tok, [Path(p) for p in a.truth], a.images, targets=a.targets)
     n_tok = len(token_regions(model.cfg.vision, model.connector))  # merged cells per image
     n_img = len(x) // n_tok
     cut = int(n_img * (1 - a.val)) * n_tok  # hold out whole images, not tokens of seen images
@@ -266,7 +286,7 @@ def main() -> None:
     out = Path(a.out)
     model.save_pretrained(out, tokenizer=tok)
     (out / "fit_connector.json").write_text(json.dumps(dict(recipe=a.recipe, overrides=a.set, truth=a.truth,
-                                                            images=a.images, lam=a.lam, epochs=a.epochs,
+                                                            images=a.images, lam=a.lam, epochs=a.epochs, targets=a.targets,
                                                             held_out_cosine=cos, held_out_token_agreement=agree), indent=1))
     log.info("wrote %s", out)
 

@@ -57,10 +57,10 @@ def world_truths(folders: list[Path], vision_cfg) -> dict[str, dict]:
     return table
 
 
-def oracle_encoder(folders: list[Path], vision_cfg, tokenizer):
+def oracle_encoder(folders: list[Path], vision_cfg, tokenizer, targets: str = "cover"):
     """An encode_images(self, pixel_values) for VisionLanguageModel that puts the oracle tokens of every image of
     `folders` in place of the connector's output, and keeps the model's own tokens for any other image. Its
-    `.counts` tallies both."""
+    `.counts` tallies both. `targets`: which of the fit's targets (fit_connector.TARGETS) the oracle gives."""
     fit = _fit_module()
     table = world_truths(folders, vision_cfg)
     own = VisionLanguageModel.encode_images
@@ -78,7 +78,7 @@ def oracle_encoder(folders: list[Path], vision_cfg, tokenizer):
         ref = next(self.connector.parameters())  # dtype and device of the model's own tokens
         encode_images.counts.update(oracle=len(truths) - len(misses), own=len(misses))
         return torch.stack([next(own_tokens) if t is None else
-                            fit.region_targets(t, state["regions"], state["phrase_vec"], k).to(ref) for t in truths])
+                            fit.region_targets(t, state["regions"], state["phrase_vec"], k, targets).to(ref) for t in truths])
 
     encode_images.counts = Counter()
     return encode_images
@@ -126,10 +126,12 @@ def main() -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[])
     t.add_argument("--out")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--targets", choices=("cover", "instance"), default="cover", help="as fit_connector.py's")
     e = sub.add_parser("eval", help="VQA accuracy by slice on a world folder's eval.jsonl, own tokens then oracle")
     e.add_argument("model", type=Path)
     e.add_argument("--worlds", nargs="+", type=Path, required=True)
     e.add_argument("--n", type=int, default=200)
+    e.add_argument("--targets", choices=("cover", "instance"), default="cover", help="as fit_connector.py's")
     x = sub.add_parser("text", help="zero-shot SmolLM2 (no image, no adapters) on colour questions, the scene as text")
     x.add_argument("--worlds", type=Path, required=True)
     x.add_argument("--n", type=int, default=80)
@@ -148,7 +150,7 @@ def main() -> None:
             raise SystemExit("set model.init: the oracle replaces a trained model's visual tokens")
         init = Path(cfg.model.init)
         start = read_config(init)  # the trainer loads the model itself: the config is all that is needed here
-        encode = oracle_encoder(args.worlds, start.vision, load_tokenizer(init, start.lm))
+        encode = oracle_encoder(args.worlds, start.vision, load_tokenizer(init, start.lm), args.targets)
         VisionLanguageModel.encode_images = encode  # the trainer builds its own model: patch the class
         run(argparse.Namespace(config=args.config, overrides=args.overrides, out=args.out, resume=args.resume, progress=True))
         print("images encoded:", dict(encode.counts))
@@ -160,7 +162,7 @@ def main() -> None:
     tok = load_tokenizer(args.model, model.cfg.lm)
     data = args.worlds[0] / "eval.jsonl"
     print("own tokens   ", eval_vqa(model, tok, data, args.n, 24, 16, "cpu"))
-    encode = oracle_encoder(args.worlds, model.cfg.vision, tok)
+    encode = oracle_encoder(args.worlds, model.cfg.vision, tok, args.targets)
     model.encode_images = types.MethodType(encode, model)
     print("oracle tokens", eval_vqa(model, tok, data, args.n, 24, 16, "cpu"))
     print("images encoded:", dict(encode.counts))

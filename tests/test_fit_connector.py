@@ -43,6 +43,21 @@ def test_region_words_name_what_covers_the_region(fit):
     assert fit.region_words({"generator": "charts"}, block) == []
 
 
+def test_instance_targets_name_each_object_once(fit):
+    """targets="instance": the cell holding an object's centre names it in full, the other cells it covers give its
+    colour alone, so a scene of n shapes has exactly n shape words however many cells each spans."""
+    cells = [[(x, y, x + 28, y + 28)] for y in range(0, 56, 28) for x in range(0, 56, 28)]  # 2x2 one-patch cells
+    big = {"colour": "red", "shape": "circle", "box_px": [10, 10, 50, 50], "center": [30.0, 30.0]}  # spans all four
+    small = {"colour": "blue", "shape": "star", "box_px": [2, 40, 12, 52], "center": [7.0, 46.0]}
+    truth = {"generator": "shapes", "objects": [big, small]}
+    assert [fit.region_words(truth, c) for c in cells] == [
+        [("red", "circle")], [("red", "circle")], [("red", "circle"), ("blue", "star")], [("red", "circle")]]
+    assert [fit.region_words(truth, c, "instance") for c in cells] == [
+        [("red",)], [("red",)], [("red",), ("blue", "star")], [("red", "circle")]]  # the centre (30, 30): last cell
+    with pytest.raises(ValueError, match="targets must be one of"):
+        fit.region_words(truth, cells[0], "centre")
+
+
 def test_two_tokens_per_cell_put_the_colour_then_the_shape(fit):
     vec = {w: torch.full((3,), float(i)) for i, w in enumerate(["red", "circle", "blue", "star", "blank", "hello"])}
     vec["red circle"], vec["blue star"] = torch.tensor([9.0, 9, 9]), torch.tensor([7.0, 7, 7])
