@@ -140,7 +140,8 @@ def ablation(args) -> None:
     norm.axhline(text_norm, color="grey", ls="--", label=f"SmolLM2 text embeddings ({text_norm:.1f})")
     gain.axhline(0, color="grey", lw=0.8)
     gain.set(title="image gain: loss(shuffled images) - loss(own)", xlabel="stage-2 step", ylabel="nats / answer token")
-    acc.set(title=f"shapes val accuracy ({runs[0][1][0]['eval/n']} questions)", xlabel="stage-2 step", ylim=(0, 1))
+    ns = sorted({r["eval/n"] for _, rows in runs for r in rows})  # runs may score different numbers of questions
+    acc.set(title=f"shapes val accuracy ({' or '.join(map(str, ns))} questions)", xlabel="stage-2 step", ylim=(0, 1))
     norm.set(title="visual token norm", xlabel="stage-2 step", yscale="log")
     for ax in (gain, acc, norm):
         ax.grid(alpha=0.3)

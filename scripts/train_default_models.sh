@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the default models from scratch: data, vlmkit-clip (two rounds), vlmkit-smol (connector fit, stage 2,
-# the oracle stage, the MLP connector fit and a short stage on the whole mixture),
+# the oracle stage, the MLP connector fit, a short stage on the whole mixture, and the same at 64 visual tokens),
 # then fp16 exports into weights/*.new. Safe to re-run: finished steps are skipped and an interrupted
-# training run resumes from its latest checkpoint. About 7 hours on 2 CPU cores; run it in the background:
+# training run resumes from its latest checkpoint. About 8 hours on 2 CPU cores; run it in the background:
 #   nohup bash scripts/train_default_models.sh > train.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +49,14 @@ fi
   --images 5000 --adapters-from runs/vlmkit-smol-oracle/final --out runs/vlmkit-smol-mlp/final
 # stage 2c: real tokens, the whole mixture (brings the abstention and easy-vqa back)
 train recipes/vlmkit-smol-polish.toml runs/vlmkit-smol-polish
+# 64 visual tokens: the MLP connector refitted for pixel shuffle r = 2 carrying stage 2c's adapters, then stage 2d
+[ -f runs/vlmkit-smol-r2mlp/final/model.safetensors ] || .venv/bin/python scripts/fit_connector.py \
+  recipes/vlmkit-smol-stage1.toml --set model.connector.scale_factor=2 --set model.connector.hidden_dim=1024 \
+  --truth data/shapes/train/truth.jsonl --images 4000 --adapters-from runs/vlmkit-smol-polish/final \
+  --out runs/vlmkit-smol-r2mlp/final
+train recipes/vlmkit-smol-64.toml runs/vlmkit-smol-64
 
-for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-polish; do
+for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-64; do
   name=${m%%:*} run=runs/${m##*:}
   [ -f "weights/$name.new/model.safetensors" ] || $V export "$run/final" --out "weights/$name.new"
 done
