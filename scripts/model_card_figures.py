@@ -71,7 +71,7 @@ def photos(args) -> None:
     from vlmkit.api import load
 
     model = load(args.model)
-    fig, axes = plt.subplots(2, len(PHOTOS) // 2, figsize=(4 * len(PHOTOS) // 2, 9))
+    fig, axes = plt.subplots(2, len(PHOTOS) // 2, figsize=(4 * len(PHOTOS) // 2, 10.5))
     print("| photo | question | answer | s |\n|---|---|---|---:|")
     for ax, name in zip(axes.flat, PHOTOS):
         arr = getattr(skimage.data, name)()
@@ -82,7 +82,8 @@ def photos(args) -> None:
             t = time.perf_counter()
             a = model.ask(img, q, max_new_tokens=32).strip()
             print(f"| {name} | {q} | {a} | {time.perf_counter() - t:.2f} |")
-            lines.append(textwrap.fill(f"Q: {q} A: {a}", 46))
+            shown = a if len(a) <= 90 else a[:87] + "..."  # a degenerate repetition would push the title over the photo
+            lines.append(textwrap.fill(f"Q: {q} A: {shown}", 46))
         ax.imshow(img)
         ax.axis("off")
         ax.set_title(f"{name}\n" + "\n".join(lines), fontsize=7, loc="left")
