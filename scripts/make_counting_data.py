@@ -1,0 +1,46 @@
+"""Counting conversations for stage 2: every count a training scene can be asked, one turn each.
+
+The generator asks one counting question per scene, usually about one colour or one kind of shape, so the answer
+"1" is right for most of them and vlmkit-smol says "1" to two thirds of the counting test questions
+(MODEL_CARD.md). Here each training scene asks how many shapes there are in all, and how many of each kind and of
+each colour it holds, in random order, so that more of the answers depend on the image. The counting twin of
+scripts/make_binding_data.py; written next to the scenes (same images, training split only):
+
+    .venv/bin/python scripts/make_counting_data.py data/shapes/train   # -> data/shapes/train/counting.jsonl
+"""
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+from vlmkit.data.shapes import PLURALS
+
+TOTAL = ("How many shapes are there?", "How many shapes are in the image?", "How many objects are there?")
+
+
+def conversation(row: dict, rng: random.Random) -> dict:
+    objs = row["truth"]["objects"]
+    qa = [(rng.choice(TOTAL), len(objs))]
+    qa += [(f"How many {PLURALS[s]} are there?", n) for s, n in sorted(Counter(o["shape"] for o in objs).items())]
+    qa += [(f"How many {c} shapes are there?", n) for c, n in sorted(Counter(o["colour"] for o in objs).items())]
+    rng.shuffle(qa)
+    turns = []
+    for i, (q, n) in enumerate(qa):
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": str(n)}]
+    return {"id": row["id"] + "-counting", "image": row["image"], "conversations": turns}
+
+
+def main(folder: Path) -> None:
+    rng = random.Random(11)
+    rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
+    out = [conversation(r, rng) for r in rows]
+    tmp = folder / ".counting.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(c) + "\n" for c in out))
+    tmp.replace(folder / "counting.jsonl")
+    turns = sum(len(c["conversations"]) // 2 for c in out)
+    print(f"wrote {folder / 'counting.jsonl'}: {len(out)} conversations, {turns} counting questions")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
