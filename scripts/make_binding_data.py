@@ -28,15 +28,20 @@ def conversation(row: dict, rng: random.Random) -> dict | None:
     return {"id": row["id"] + "-binding", "image": row["image"], "conversations": turns}
 
 
+def write(folder: Path, name: str, convs: list[dict], what: str) -> None:
+    """Write `convs` to folder/name atomically (a half-written file would train on part of the data)."""
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    tmp.replace(folder / name)
+    turns = sum(len(c["conversations"]) // 2 for c in convs)
+    print(f"wrote {folder / name}: {len(convs)} conversations, {turns} {what}")
+
+
 def main(folder: Path) -> None:
     rng = random.Random(7)
     rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
     out = [c for c in (conversation(r, rng) for r in rows) if c is not None]
-    tmp = folder / ".binding.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(c) + "\n" for c in out))
-    tmp.replace(folder / "binding.jsonl")
-    turns = sum(len(c["conversations"]) // 2 for c in out)
-    print(f"wrote {folder / 'binding.jsonl'}: {len(out)} conversations, {turns} colour questions (of {len(rows)} scenes)")
+    write(folder, "binding.jsonl", out, f"colour questions (of {len(rows)} scenes)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ scripts/make_binding_data.py; written next to the scenes (same images, training 
 
     .venv/bin/python scripts/make_counting_data.py data/shapes/train   # -> data/shapes/train/counting.jsonl
 """
+import importlib.util
 import json
 import random
 import sys
@@ -32,14 +33,12 @@ def conversation(row: dict, rng: random.Random) -> dict:
 
 
 def main(folder: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_binding_data", Path(__file__).with_name("make_binding_data.py"))
+    binding = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(binding)
     rng = random.Random(11)
     rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
-    out = [conversation(r, rng) for r in rows]
-    tmp = folder / ".counting.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(c) + "\n" for c in out))
-    tmp.replace(folder / "counting.jsonl")
-    turns = sum(len(c["conversations"]) // 2 for c in out)
-    print(f"wrote {folder / 'counting.jsonl'}: {len(out)} conversations, {turns} counting questions")
+    binding.write(folder, "counting.jsonl", [conversation(r, rng) for r in rows], "counting questions")
 
 
 if __name__ == "__main__":
