@@ -15,9 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from vlmkit.data.shapes import PLURALS
-
-TOTAL = ("How many shapes are there?", "How many shapes are in the image?", "How many objects are there?")
+from vlmkit.data.shapes import PLURALS, TOTAL_COUNT_QUESTIONS as TOTAL
 
 
 def conversation(row: dict, rng: random.Random) -> dict:

@@ -32,6 +32,7 @@ COLOURS = {  # names a person would agree on, far from each other and from the l
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle", "star", "rectangle")
+TOTAL_COUNT_QUESTIONS = ("How many shapes are there?", "How many shapes are in the image?", "How many objects are there?")
 COLOUR_QUESTIONS = ("What colour is the {}?", "What is the colour of the {}?", "Which colour is the {}?")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "rectangle": "rectangles"}
 SIZES = {"small": (0.045, 0.065), "large": (0.085, 0.11)}  # half-extent as a fraction of the side; a gap between them
@@ -151,7 +152,7 @@ class ShapesGenerator:
     def _counting(self, objects, rng) -> QA:
         kind = rng.random()
         if kind < 0.4:
-            q = rng.choice(["How many shapes are there?", "How many shapes are in the image?", "How many objects are there?"])
+            q = rng.choice(TOTAL_COUNT_QUESTIONS)
             n = len(objects)
         elif kind < 0.75:
             present = sorted({o["colour"] for o in objects})
