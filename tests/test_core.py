@@ -233,3 +233,43 @@ def test_the_saved_chat_template_survives_loading(tmp_path):
     tok = vlmkit.load(tmp_path).tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"  # no system prompt
+
+
+def test_row_separator_lays_out_the_token_grid_by_rows():
+    cfg = tiny_vlm_config()  # 32 px, patch 8: a 4 x 4 grid, which the MLP connector keeps
+    assert cfg.image_layout == 16
+    cfg.image_row_separator = "\n"
+    assert cfg.image_grid() == (4, 4)
+    assert cfg.image_layout == [4, "\n"] * 4
+    again = VLMConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.image_layout == [4, "\n"] * 4
+    old = {k: v for k, v in cfg.to_dict().items() if k != "image_row_separator"}  # configs saved before the field
+    assert VLMConfig.from_dict(old).image_layout == 16
+    shuffled = tiny_vlm_config(connector="pixel_shuffle")
+    shuffled.image_row_separator = "\n"
+    assert shuffled.image_layout == [2, "\n"] * 2
+    for kind in ("qformer", "perceiver"):  # learned queries have no rows
+        with pytest.raises(ValueError, match="square grid"):
+            VLMConfig.from_dict({**tiny_vlm_config(connector=kind).to_dict(), "image_row_separator": "\n"})
+
+
+def test_row_separator_reaches_prompts_and_generation():
+    plain, rows = tiny_vlm(seed=4), tiny_vlm(seed=4)
+    rows.cfg.image_row_separator = "\n"
+    conv = _conv("What is in the image?")
+    img = rows.cfg.image_token_id
+
+    def shown(ids):
+        return "".join("#" if t == img else rows.tokenizer.decode([t]) for t in ids)
+
+    p = rows.prompt(conv)
+    assert p.input_ids.count(img) == 16
+    assert "####\n####\n####\n####\n" in shown(p.input_ids)
+    assert shown(p.input_ids).replace("####\n", "####", 4) == shown(plain.prompt(conv).input_ids).replace("#" * 16, "####" * 4)
+    cached = rows.generate([conv], max_new_tokens=8)[0]
+    assert cached.token_ids == rows.generate([conv], max_new_tokens=8, use_cache=False)[0].token_ids
+    assert cached.token_ids != plain.generate([conv], max_new_tokens=8)[0].token_ids  # the LM reads the separators
+    from vlmkit.processing.tiling import TilingConfig
+
+    with pytest.raises(VlmkitError, match="image_row_separator"):
+        rows.prompt(conv, tiling=TilingConfig.for_tower(rows.cfg.vision))

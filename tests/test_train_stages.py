@@ -137,3 +137,28 @@ def test_lm_config_builds_a_small_decoder_of_the_source_family(tmp_path):
     bad = from_dict({"stage": "instruct", "model": {**model_spec, "lm_config": {"hiden_size": 8}}})
     with pytest.raises(ConfigError, match="hiden_size"):
         build_vlm(bad)
+
+
+def test_row_separator_is_trained_with_and_saved(tmp_path):
+    """model.image_row_separator puts the separator between the rows of training prompts (unsupervised) and
+    travels with the checkpoint, so inference lays images out as training did."""
+    from vlmkit.api import VLM
+    from vlmkit.train.loop import train
+    from vlmkit.train.stages import build_vlm
+
+    cfg = vlm_config(tmp_path, **{"model": {"image_row_separator": "\n"}, "train": {"max_steps": 1}})
+    stage = build_vlm(cfg)
+    row = {"image": "images/red.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is this?"},
+                                                         {"from": "gpt", "value": "red"}]}
+    sample = stage.encoder(row, tmp_path / "data")
+    img = stage.model.cfg.image_token_id
+    ids, labels = sample["input_ids"], sample["labels"]
+    runs = [i for i in range(len(ids)) if ids[i] == img and (i == 0 or ids[i - 1] != img)]
+    assert len(runs) == 4 and ids.count(img) == 16  # four rows of four
+    nl = stage.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    for start in runs[1:]:
+        assert ids[start - len(nl):start] == nl and labels[start - len(nl):start] == [-100] * len(nl)
+    assert stage.tokenizer.decode([t for t, l in zip(ids, labels) if l != -100]).startswith("red")
+    train(cfg)
+    assert VLM.load(tmp_path / "run" / "final").cfg.image_layout == [4, "\n"] * 4
+    assert VLM.load(tmp_path / "tiny-vlm").cfg.image_layout == 16  # the starting model is untouched

@@ -107,8 +107,9 @@ class VLM:
         return cls(model, load_tokenizer(path, model.cfg.lm), path=path)
 
     @property
-    def tokens_per_image(self) -> int:
-        return self.cfg.image_seq_len
+    def tokens_per_image(self) -> int | list:
+        """One image's visual run: a count, or a layout when the model separates the rows of its grid."""
+        return self.cfg.image_layout
 
     # ---- prompts ----
     def prompt(
@@ -128,6 +129,10 @@ class VLM:
             # tiles, merged tokens and frames have no such layout yet
             raise VlmkitError(f"{self.cfg.fusion.kind} fusion models take whole images only: "
                               "tiling, token merging and video are not supported with fusion")
+        if self.cfg.image_row_separator and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
+            # tiles and merged tokens have no row layout yet; without one the model would read a layout it never saw
+            raise VlmkitError("this model separates the rows of its visual tokens (image_row_separator): "
+                              "tiling, token merging and video are not supported with it yet")
         label = self.label_images if label_images is None else label_images
         messages = self._expand_videos(messages, merge, max_new_tokens)
         args = (self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id)

@@ -231,6 +231,11 @@ class VLMConfig:
     # What a user must know before trusting the answers (an undertrained or placeholder model), saved
     # with the weights so every front end can say it: `vlmkit export --notice`, printed by demo and ask.
     notice: str = ""
+    # Text written after each row of an image's token grid ("" for none, the LLaVA layout). A raster of 64 tokens
+    # leaves the LM to infer where a row ends from position alone; LLaVA-NeXT ends each row with a learned
+    # `image_newline` vector and Idefics3 writes "\n" after each row of tiles. A text separator costs no parameter
+    # and is a token the LM already reads as a line break.
+    image_row_separator: str = ""
 
     def __post_init__(self):
         for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig), ("fusion", FusionConfig)):
@@ -240,6 +245,27 @@ class VLMConfig:
             self.connector.in_dim = self.vision.hidden_size
             self.connector.out_dim = self.lm.hidden_size
             self.connector.__post_init__()
+        if self.image_row_separator:
+            self.image_grid()  # fail at load time, not at the first prompt
+
+    def image_grid(self) -> tuple[int, int]:
+        """(rows, cols) of the visual tokens of one image; only connectors that keep the patch grid have one."""
+        n = self.image_seq_len
+        side = math.isqrt(n)
+        if (self.fusion.kind != "none" or self.connector.kind in ("qformer", "perceiver") or side * side != n
+                or (self.connector.kind == "pixel_shuffle" and self.connector.tokens_per_cell != 1)):
+            raise ValueError(f"image_row_separator needs a square grid of visual tokens, but connector "
+                             f"{self.connector.kind!r} (fusion {self.fusion.kind!r}) gives {n} tokens that are not one")
+        return side, side
+
+    @property
+    def image_layout(self) -> int | list:
+        """One image's run in the prompt: the visual token count, or with a row separator a layout
+        [cols, sep, cols, sep, ...] (text pieces and runs of visual tokens, as processing/chat.py takes)."""
+        if not self.image_row_separator:
+            return self.image_seq_len
+        rows, cols = self.image_grid()
+        return [cols, self.image_row_separator] * rows
 
     @property
     def image_seq_len(self) -> int:

@@ -51,7 +51,7 @@ def to_messages(row: dict, image_token: str, n_images: int, caption_prompt: str)
 
 
 def encode_messages(tokenizer, messages: list[dict], image_token: str, image_token_id: int,
-                    tokens_per_image: int) -> tuple[list[int], list[int]]:
+                    tokens_per_image: int | list) -> tuple[list[int], list[int]]:
     """-> (input_ids, labels): labels copy input_ids on assistant replies (+ end-of-turn marker), else -100."""
     last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None:
@@ -88,7 +88,7 @@ def encode_messages(tokenizer, messages: list[dict], image_token: str, image_tok
 class ConversationEncoder:
     """record -> {input_ids, labels, pixel_values [N_img, 3, S, S]}; raises SkipSample. Runs in DataLoader workers."""
 
-    def __init__(self, tokenizer, image_processor, image_token: str, image_token_id: int, tokens_per_image: int,
+    def __init__(self, tokenizer, image_processor, image_token: str, image_token_id: int, tokens_per_image: int | list,
                  max_length: int, caption_prompt: str = "Describe the image briefly."):
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.image_token, self.image_token_id, self.tokens_per_image = image_token, image_token_id, tokens_per_image

@@ -49,6 +49,8 @@ class ModelSpec:
     loss: str = "siglip"  # contrastive: "clip" or "siglip"
     name: str = ""
     chat_template: str = ""  # "" keeps the model's; "chatml": plain ChatML, no default system prompt
+    # None keeps the model's; "\n" writes a newline after each row of visual tokens (VLMConfig.image_row_separator)
+    image_row_separator: str | None = None
 
 
 @dataclass

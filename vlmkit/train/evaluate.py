@@ -62,7 +62,7 @@ def eval_vqa(model, tokenizer, path: Path, max_samples: int, max_new_tokens: int
                 content = [{"type": "image", "image": resolve_image(r, root)} for r in refs_img]
                 content.append({"type": "text", "text": row["question"]})
                 prompts.append(build_prompt(tokenizer, [{"role": "user", "content": content}], model.cfg.image_token,
-                                            model.cfg.image_token_id, model.cfg.image_seq_len))
+                                            model.cfg.image_token_id, model.cfg.image_layout))
             ids, mask = left_pad([p.input_ids for p in prompts], pad)
             images = [im for p in prompts for im in p.images]
             feats = model.encode_images(proc(images).to(device)) if images else None
@@ -119,7 +119,7 @@ def image_ablation(model, tokenizer, path: Path, n: int = 32, batch_size: int = 
 
     recs = read_json_records(path)
     enc = ConversationEncoder(tokenizer, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
-                              model.cfg.image_token_id, model.cfg.image_seq_len, 4096, "")
+                              model.cfg.image_token_id, model.cfg.image_layout, 4096, "")
     samples = [s for r, root in list(zip(recs.rows, recs.roots))[:n] if len((s := enc(r, root))["pixel_values"]) == 1]
     if len(samples) < 2:  # shuffling needs one image per conversation, so rows and images chunk together
         raise ValueError(f"image ablation needs at least 2 one-image conversations in the first {n} of {path}")

@@ -70,6 +70,13 @@ def build_vlm(cfg: TrainConfig) -> Stage:
         if m.chat_template != "chatml":
             raise ConfigError(f"model.chat_template must be \"\" or \"chatml\", got {m.chat_template!r}")
         model.cfg.lm.chat_template = tokenizer.chat_template = CHATML_TEMPLATE
+    if m.image_row_separator is not None:
+        model.cfg.image_row_separator = m.image_row_separator
+        try:
+            if m.image_row_separator:
+                model.cfg.image_grid()
+        except ValueError as e:
+            raise ConfigError(f"model.image_row_separator: {e}") from None
     if m.vision_init:
         copy_vision(model, Path(m.vision_init))
     if cfg.lora.enabled:
@@ -81,7 +88,7 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     model.train()
     max_len = cfg.data.max_length or model.cfg.lm.max_position_embeddings
     encoder = ConversationEncoder(tokenizer, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
-                                  model.cfg.image_token_id, model.cfg.image_seq_len, max_len, cfg.data.caption_prompt)
+                                  model.cfg.image_token_id, model.cfg.image_layout, max_len, cfg.data.caption_prompt)
     pad = pad_id(tokenizer)
     towers = {"vision": ["vision."], "connector": ["connector.", "fusion."], "lm": ["lm."]}
     layers = _decoder_layers(model)
