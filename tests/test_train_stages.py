@@ -162,3 +162,28 @@ def test_row_separator_is_trained_with_and_saved(tmp_path):
     train(cfg)
     assert VLM.load(tmp_path / "run" / "final").cfg.image_layout == [4, "\n"] * 4
     assert VLM.load(tmp_path / "tiny-vlm").cfg.image_layout == 16  # the starting model is untouched
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
+    from vlmkit.train.stages import build_vlm
+
+    def loss_and_grads(checkpointing: bool):
+        cfg = vlm_config(tmp_path, **{"train": {"gradient_checkpointing": checkpointing},
+                                      "lora": {"enabled": True, "r": 4, "alpha": 8}})
+        torch.manual_seed(0)  # the same LoRA init both times (the first vlm_config call draws to build the model)
+        stage = build_vlm(cfg)
+        assert stage.model.lm.model.is_gradient_checkpointing == checkpointing
+        batch = stage.collate([stage.encoder(r, tmp_path / "data") for r in (
+            {"image": f"images/{c}.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is this?"},
+                                                           {"from": "gpt", "value": c}]} for c in ("red", "blue"))])
+        loss = stage.model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"]).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in stage.model.named_parameters() if p.grad is not None}
+        assert any("lora" in n for n in grads)
+        return loss.detach(), grads
+
+    plain, ckpt = loss_and_grads(False), loss_and_grads(True)
+    assert torch.allclose(plain[0], ckpt[0], atol=1e-6)
+    assert plain[1].keys() == ckpt[1].keys()
+    for n in plain[1]:
+        assert torch.allclose(plain[1][n], ckpt[1][n], atol=1e-5, rtol=1e-4), n

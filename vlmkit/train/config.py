@@ -108,6 +108,9 @@ class TrainSpec:
     log_every: int = 1
     seed: int = 0
     device: str = "auto"
+    # VLM stages: the LM's decoder layers recompute their activations in the backward pass. Stage 2 of vlmkit-smol
+    # (batch 16, up to 512 tokens) holds about 12 GB at its peak without it, so two runs cannot share a 24 GB machine.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

@@ -85,6 +85,9 @@ def build_vlm(cfg: TrainConfig) -> Stage:
             model.add_lora(LoRAConfig(r=l.r, alpha=l.alpha, dropout=l.dropout, target_modules=list(l.target_modules)))
     elif not cfg.lm.freeze and model.cfg.lm.lora is None:
         model.cfg.lm.weights = "checkpoint"  # the LM's weights change: they must live in our checkpoint
+    if cfg.train.gradient_checkpointing:
+        # non-reentrant: the frozen embeddings' output needs no requires_grad for the LoRA weights to get gradients
+        model.lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     max_len = cfg.data.max_length or model.cfg.lm.max_position_embeddings
     encoder = ConversationEncoder(tokenizer, ImageProcessor.from_vision_config(model.cfg.vision), model.cfg.image_token,
