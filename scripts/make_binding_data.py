@@ -21,11 +21,15 @@ def conversation(row: dict, rng: random.Random) -> dict | None:
     if len(refs) < 2:  # one nameable object: the generator's own question already covers it
         return None
     rng.shuffle(refs)
+    return conversation_of(row, "binding", [(rng.choice(COLOUR_QUESTIONS).format(name), obj["colour"]) for obj, name in refs])
+
+
+def conversation_of(row: dict, suffix: str, qa: list[tuple[str, str]]) -> dict:
+    """One conversation about a scene's image: the question/answer pairs in order, the image placeholder on the first."""
     turns = []
-    for i, (obj, name) in enumerate(refs):
-        q = rng.choice(COLOUR_QUESTIONS).format(name)
-        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": obj["colour"]}]
-    return {"id": row["id"] + "-binding", "image": row["image"], "conversations": turns}
+    for i, (q, a) in enumerate(qa):
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+    return {"id": f"{row['id']}-{suffix}", "image": row["image"], "conversations": turns}
 
 
 def write(folder: Path, name: str, convs: list[dict], what: str) -> None:
@@ -37,11 +41,16 @@ def write(folder: Path, name: str, convs: list[dict], what: str) -> None:
     print(f"wrote {folder / name}: {len(convs)} conversations, {turns} {what}")
 
 
-def main(folder: Path) -> None:
-    rng = random.Random(7)
+def make(folder: Path, name: str, conversation, seed: int, what: str) -> None:
+    """folder/name: conversation(row, rng) for each scene of folder/truth.jsonl, in order (None skips a scene)."""
+    rng = random.Random(seed)
     rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
     out = [c for c in (conversation(r, rng) for r in rows) if c is not None]
-    write(folder, "binding.jsonl", out, f"colour questions (of {len(rows)} scenes)")
+    write(folder, name, out, f"{what} (of {len(rows)} scenes)")
+
+
+def main(folder: Path) -> None:
+    make(folder, "binding.jsonl", conversation, 7, "colour questions")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ scripts/make_binding_data.py; written next to the scenes (same images, training 
 
     .venv/bin/python scripts/make_counting_data.py data/shapes/train   # -> data/shapes/train/counting.jsonl
 """
-import importlib.util
-import json
 import random
 import sys
 from collections import Counter
 from pathlib import Path
 
 from vlmkit.data.shapes import PLURALS, TOTAL_COUNT_QUESTIONS as TOTAL
+
+sys.path.insert(0, str(Path(__file__).parent))  # the shared writer in make_binding_data.py
+from make_binding_data import conversation_of, make  # noqa: E402
 
 
 def conversation(row: dict, rng: random.Random) -> dict:
@@ -24,19 +25,11 @@ def conversation(row: dict, rng: random.Random) -> dict:
     qa += [(f"How many {PLURALS[s]} are there?", n) for s, n in sorted(Counter(o["shape"] for o in objs).items())]
     qa += [(f"How many {c} shapes are there?", n) for c, n in sorted(Counter(o["colour"] for o in objs).items())]
     rng.shuffle(qa)
-    turns = []
-    for i, (q, n) in enumerate(qa):
-        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": str(n)}]
-    return {"id": row["id"] + "-counting", "image": row["image"], "conversations": turns}
+    return conversation_of(row, "counting", [(q, str(n)) for q, n in qa])
 
 
 def main(folder: Path) -> None:
-    spec = importlib.util.spec_from_file_location("make_binding_data", Path(__file__).with_name("make_binding_data.py"))
-    binding = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(binding)
-    rng = random.Random(11)
-    rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
-    binding.write(folder, "counting.jsonl", [conversation(r, rng) for r in rows], "counting questions")
+    make(folder, "counting.jsonl", conversation, 11, "counting questions")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ sides). The spatial twin of scripts/make_binding_data.py; written next to the sc
 
     .venv/bin/python scripts/make_spatial_data.py data/shapes/train   # -> data/shapes/train/spatial.jsonl
 """
-import importlib.util
-import json
 import random
 import sys
 from pathlib import Path
 
 from vlmkit.data.shapes import ShapesConfig, _describe
+
+sys.path.insert(0, str(Path(__file__).parent))  # the shared writer in make_binding_data.py
+from make_binding_data import conversation_of, make  # noqa: E402
 
 EXTREMES = ((0, "furthest to the left", False), (0, "furthest to the right", True),
             (1, "at the top", False), (1, "at the bottom", True))
@@ -59,20 +60,11 @@ def conversation(row: dict, rng: random.Random) -> dict | None:
     if not qa:
         return None
     rng.shuffle(qa)
-    turns = []
-    for i, (q, a) in enumerate(qa):
-        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
-    return {"id": row["id"] + "-spatial", "image": row["image"], "conversations": turns}
+    return conversation_of(row, "spatial", qa)
 
 
 def main(folder: Path) -> None:
-    spec = importlib.util.spec_from_file_location("make_binding_data", Path(__file__).with_name("make_binding_data.py"))
-    binding = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(binding)
-    rng = random.Random(13)
-    rows = [json.loads(l) for l in (folder / "truth.jsonl").read_text().splitlines() if l.strip()]
-    out = [c for c in (conversation(r, rng) for r in rows) if c is not None]
-    binding.write(folder, "spatial.jsonl", out, f"spatial questions (of {len(rows)} scenes)")
+    make(folder, "spatial.jsonl", conversation, 13, "spatial questions")
 
 
 if __name__ == "__main__":
