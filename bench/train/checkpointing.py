@@ -25,7 +25,8 @@ RECIPE = "recipes/vlmkit-smol-64.toml"
 
 
 def overrides(out: Path, steps: int, checkpointing: bool) -> list[str]:
-    return ["model.init=\"weights/vlmkit-smol\"", f"out_dir=\"{out}\"", f"train.max_steps={steps}", "eval.every=0",
+    return ["model.init=\"weights/vlmkit-smol\"", f"out_dir=\"{out}\"", f"train.max_steps={steps}", "train.log_every=1",
+            "eval.data=\"\"", "eval.ablation_data=\"\"",
             "checkpoint.every=0", "data.num_workers=0", f"train.gradient_checkpointing={str(checkpointing).lower()}"]
 
 
