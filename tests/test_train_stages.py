@@ -187,3 +187,12 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
     assert plain[1].keys() == ckpt[1].keys()
     for n in plain[1]:
         assert torch.allclose(plain[1][n], ckpt[1][n], atol=1e-5, rtol=1e-4), n
+
+
+def test_gradient_checkpointing_is_refused_for_the_contrastive_stage(tmp_path):
+    from vlmkit.train.config import ConfigError, from_dict
+    from vlmkit.train.stages import build
+
+    cfg = from_dict({"stage": "contrastive", "out_dir": str(tmp_path), "train": {"gradient_checkpointing": True}})
+    with pytest.raises(ConfigError, match="gradient_checkpointing is for the VLM stages"):
+        build(cfg)

@@ -204,6 +204,8 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
     from ..models.dual_encoder import DualEncoder, DualEncoderConfig, TextTowerConfig
     from ..processing.images import ImageProcessor
 
+    if cfg.train.gradient_checkpointing:
+        raise ConfigError("train.gradient_checkpointing is for the VLM stages (it recomputes the LM's decoder layers)")
     m = cfg.model
     if m.init:
         model = DualEncoder.from_pretrained(m.init)
