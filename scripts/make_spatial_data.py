@@ -5,7 +5,8 @@ yes-questions and to 36 of 38 no-questions (MODEL_CARD.md). Here each training s
 shape is furthest in each direction (where the lead is clear), up to four "is A left of / above B" questions with as
 many "no" as "yes" answers, and for a lone shape which side of the image it is on. Every relation is asked only where
 the generator would ask it: centres apart by at least ShapesConfig.clear of the side (half that for extremes and
-sides). The spatial twin of scripts/make_binding_data.py; written next to the scenes (training split only):
+sides). The spatial twin of scripts/make_binding_data.py; 100 steps with it as a third of the turns left spatial at
+chance, on these training questions too (MODEL_CARD.md, session 10). Written next to the scenes (training split only):
 
     .venv/bin/python scripts/make_spatial_data.py data/shapes/train   # -> data/shapes/train/spatial.jsonl
 """
@@ -20,7 +21,6 @@ from make_binding_data import conversation_of, make  # noqa: E402
 
 EXTREMES = ((0, "furthest to the left", False), (0, "furthest to the right", True),
             (1, "at the top", False), (1, "at the bottom", True))
-OPPOSITE = {"left of": "right of", "above": "below"}
 MAX_RELATIONS = 4
 
 
