@@ -1,19 +1,13 @@
 """bench/connectors/accuracy.py's pure parts: merging its section into results.md (which run.py also
 rewrites) without touching the rest, the table's rows, and the command it records."""
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+import repo_file
 
 
 @pytest.fixture(scope="module")
 def acc():
-    spec = importlib.util.spec_from_file_location("connectors_accuracy", ROOT / "bench" / "connectors" / "accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return repo_file.load("bench/connectors/accuracy.py")
 
 
 def section(acc, body: str) -> str:

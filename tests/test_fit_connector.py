@@ -1,19 +1,13 @@
 """scripts/fit_connector.py's pieces: which patches each visual token merges, the region labels, and the ridge fit."""
-import importlib.util
-from pathlib import Path
 
 import pytest
+import repo_file
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def fit():
-    spec = importlib.util.spec_from_file_location("fit_connector", ROOT / "scripts" / "fit_connector.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return repo_file.load("scripts/fit_connector.py")
 
 
 def test_each_visual_token_covers_one_square_block_of_patches(fit):

@@ -1,16 +1,11 @@
 """scripts/make_binding_data.py: one colour turn per object that can be named without its colour."""
-import importlib.util
 import random
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import repo_file
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_binding_data", ROOT / "scripts" / "make_binding_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return repo_file.load("scripts/make_binding_data.py")
 
 
 def test_every_nameable_object_gets_its_own_colour_question():

@@ -1,16 +1,11 @@
 """scripts/make_counting_data.py: the total, and every kind and colour present, counted once each."""
-import importlib.util
 import random
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import repo_file
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_counting_data", ROOT / "scripts" / "make_counting_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return repo_file.load("scripts/make_counting_data.py")
 
 
 def test_every_count_of_the_scene_is_asked_once():

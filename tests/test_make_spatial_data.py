@@ -1,17 +1,12 @@
 """scripts/make_spatial_data.py: clear relations only, as many "no" as "yes", the right extremes and sides."""
-import importlib.util
 import random
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import repo_file
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_spatial_data", ROOT / "scripts" / "make_spatial_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return repo_file.load("scripts/make_spatial_data.py")
 
 
 def _obj(shape, colour, x, y):

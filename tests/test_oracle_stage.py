@@ -1,22 +1,16 @@
 """scripts/oracle_stage.py: world images get their ground-truth word tokens, every other image keeps its own."""
-import importlib.util
 import json
 import types
-from pathlib import Path
 
+import repo_file
 import torch
 from PIL import Image
 
 from vlmkit.processing.images import ImageProcessor
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return repo_file.load(f"scripts/{name}.py")
 
 
 def test_world_images_get_oracle_tokens_and_others_their_own(tmp_path):

@@ -124,15 +124,15 @@ class VLM:
         """Token ids with visual positions; per-image layouts when a tiling policy or merging is on."""
         tiling = tiling if tiling is not None else self.tiling
         merge = merge_threshold if merge_threshold is not None else self.merge_threshold
-        if self.cfg.fusion.kind != "none" and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
-            # under fusion an image is one marker position whose features feed cross-attention;
-            # tiles, merged tokens and frames have no such layout yet
-            raise VlmkitError(f"{self.cfg.fusion.kind} fusion models take whole images only: "
-                              "tiling, token merging and video are not supported with fusion")
-        if self.cfg.image_row_separator and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
-            # tiles and merged tokens have no row layout yet; without one the model would read a layout it never saw
-            raise VlmkitError("this model separates the rows of its visual tokens (image_row_separator): "
-                              "tiling, token merging and video are not supported with it yet")
+        whole_images_only = self.cfg.fusion.kind != "none" or self.cfg.image_row_separator
+        if whole_images_only and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
+            # tiles, merged tokens and frames get their own layouts, which neither kind of model has yet
+            if self.cfg.fusion.kind != "none":  # an image is one marker position whose features feed cross-attention
+                raise VlmkitError(f"{self.cfg.fusion.kind} fusion models take whole images only: "
+                                  "tiling, token merging and video are not supported with fusion")
+            if self.cfg.image_row_separator:  # without rows the model would read a layout it never saw
+                raise VlmkitError("this model separates the rows of its visual tokens (image_row_separator): "
+                                  "tiling, token merging and video are not supported with it yet")
         label = self.label_images if label_images is None else label_images
         messages = self._expand_videos(messages, merge, max_new_tokens)
         args = (self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id)
