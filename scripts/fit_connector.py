@@ -133,12 +133,13 @@ def collect(model, tokenizer, files: list[Path], limit: int, batch: int = 32, ta
 
 def phrase_embedder(model, tokenizer):
     """words -> the mean of SmolLM2's input embeddings of their tokens (with a leading space), cached."""
-    emb = model.lm.model.get_input_embeddings().weight.detach()  # [V, D_lm]
+    from vlmkit.train.stages import word_vectors
+
     cache: dict[str, torch.Tensor] = {}
 
     def phrase_vec(words: str) -> torch.Tensor:
         if words not in cache:
-            cache[words] = emb[tokenizer(" " + words, add_special_tokens=False)["input_ids"]].mean(0)
+            cache[words] = word_vectors(model, tokenizer, [words])[0]
         return cache[words]
 
     return phrase_vec

@@ -95,6 +95,50 @@ def test_pixel_shuffle_with_two_tokens_per_cell_writes_each_cells_tokens_side_by
     torch.testing.assert_close(y[:, 3], flat[:, 1, DL:])  # then its second, before cell 2's
 
 
+def test_place_phrases_split_the_grid_in_thirds_symmetrically():
+    from vlmkit.models.connectors import place_phrases
+
+    grid = [place_phrases(8)[i * 8:(i + 1) * 8] for i in range(8)]
+    assert grid[0][0] == "top left" and grid[0][7] == "top right" and grid[7][0] == "bottom left"
+    assert grid[3] == ["left"] * 3 + ["centre"] * 2 + ["right"] * 3  # 3 / 2 / 3 cells, by each cell's centre
+    assert [r[0] for r in grid] == ["top left"] * 3 + ["left"] * 2 + ["bottom left"] * 3
+    assert place_phrases(2) == ["top left", "top right", "bottom left", "bottom right"]
+    assert place_phrases(3)[4] == "centre" and place_phrases(1) == ["centre"]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_position_words_mix_each_cells_place_into_its_tokens(k):
+    """token = (1 - w) * proj(cell) + w * place(cell), for each of a cell's k tokens; another grid resamples the
+    table; w = 0 is the plain connector with no new weight."""
+    torch.manual_seed(0)
+    cfg = ConnectorConfig(kind="pixel_shuffle", in_dim=DV, out_dim=DL, scale_factor=2, tokens_per_cell=k, grid_size=4)
+    conn = build_connector(cfg)
+    assert "pos_embed" not in conn.state_dict()
+    x = torch.randn(3, 16, DV)  # [B, 4x4 patches, D_v] -> 4 cells
+    plain = conn(x)
+    table = torch.randn(4, DL)
+    conn.set_place_table(table, 0.25)
+    assert cfg.position_words == 0.25 and conn.state_dict()["pos_embed"].shape == (1, 4, DL)
+    y = conn(x)  # [3, 4 * k, DL]
+    torch.testing.assert_close(y, 0.75 * plain + 0.25 * table.repeat_interleave(k, 0))
+    big = conn(torch.randn(1, 64, DV))  # an 8x8 grid: 16 cells, the 2x2 table resampled
+    assert big.shape == (1, 16 * k, DL)
+    with pytest.raises(ValueError, match=r"\[4, 64\] table"):
+        conn.set_place_table(torch.randn(9, DL), 0.25)
+    rebuilt = build_connector(cfg)  # a saved config builds the table's slot, so strict loading finds its weight
+    rebuilt.load_state_dict(conn.state_dict())
+    torch.testing.assert_close(rebuilt(x), y)
+
+
+def test_position_words_are_a_pixel_shuffle_weight_below_one():
+    with pytest.raises(ValueError, match="position_words"):
+        ConnectorConfig(kind="mlp2x_gelu", in_dim=DV, out_dim=DL, position_words=0.5)
+    with pytest.raises(ValueError, match="position_words"):
+        ConnectorConfig(kind="pixel_shuffle", in_dim=DV, out_dim=DL, position_words=1.0)
+    with pytest.raises(ValueError, match="grid_size"):
+        build_connector(ConnectorConfig(kind="pixel_shuffle", in_dim=DV, out_dim=DL, position_words=0.5))
+
+
 # ---- parameter counts, from the papers' structure written out by hand ----
 
 def expected_params(c: ConnectorConfig) -> int:

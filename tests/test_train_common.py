@@ -10,7 +10,7 @@ from PIL import Image
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
 
-def save_tiny_vlm(path: Path, seed: int = 0) -> Path:
+def save_tiny_vlm(path: Path, seed: int = 0, connector: str = "mlp2x_gelu") -> Path:
     """A 2-layer random llama + tiny ViT, with SmolLM2's tokenizer saved beside it."""
     from tiny import smollm2_tokenizer, tiny_vlm_config
 
@@ -18,7 +18,7 @@ def save_tiny_vlm(path: Path, seed: int = 0) -> Path:
     from vlmkit.models.vlm import VisionLanguageModel
 
     torch.manual_seed(seed)
-    cfg = tiny_vlm_config()
+    cfg = tiny_vlm_config(connector=connector)
     model = VisionLanguageModel(cfg, lm=LanguageModel(cfg.lm))
     model.save_pretrained(path, tokenizer=smollm2_tokenizer())
     return path

@@ -164,6 +164,36 @@ def test_row_separator_is_trained_with_and_saved(tmp_path):
     assert VLM.load(tmp_path / "tiny-vlm").cfg.image_layout == 16  # the starting model is untouched
 
 
+def test_position_words_come_from_the_lms_words_and_are_saved(tmp_path):
+    """model.position_words fills each cell's place vector with the LM's embedding of its phrase ("top left"), the
+    table travels with the checkpoint (strictly loaded), a frozen connector keeps it fixed, and 0 removes it."""
+    from vlmkit.models.connectors import place_phrases
+    from vlmkit.models.vlm import VisionLanguageModel
+    from vlmkit.train.config import ConfigError
+    from vlmkit.train.loop import train
+    from vlmkit.train.stages import build_vlm
+
+    save_tiny_vlm(tmp_path / "tiny-vlm", connector="pixel_shuffle")  # 4x4 patches -> 2x2 cells
+    cfg = vlm_config(tmp_path, **{"model": {"position_words": 0.5}, "connector": {"freeze": True},
+                                  "train": {"max_steps": 1}})
+    stage = build_vlm(cfg)
+    emb = stage.model.lm.model.get_input_embeddings().weight
+    ids = stage.tokenizer(" bottom right", add_special_tokens=False)["input_ids"]
+    table = stage.model.connector.pos_embed.detach()[0]  # [4 cells, D_lm]
+    assert place_phrases(2)[3] == "bottom right" and len(ids) == 2
+    torch.testing.assert_close(table[3], emb[ids].mean(0))
+    assert not torch.allclose(table[0], table[3])
+    train(cfg)
+    back = VisionLanguageModel.from_pretrained(tmp_path / "run" / "final")
+    assert back.cfg.connector.position_words == 0.5
+    torch.testing.assert_close(back.connector.pos_embed.detach()[0], table)  # frozen with the connector
+    off = build_vlm(vlm_config(tmp_path, **{"model": {"init": str(tmp_path / "run" / "final"), "position_words": 0.0}}))
+    assert "connector.pos_embed" not in off.model.state_dict() and off.model.cfg.connector.position_words == 0
+    save_tiny_vlm(tmp_path / "mlp")
+    with pytest.raises(ConfigError, match="pixel_shuffle"):
+        build_vlm(vlm_config(tmp_path, **{"model": {"init": str(tmp_path / "mlp"), "position_words": 0.5}}))
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
     from vlmkit.train.stages import build_vlm
 

@@ -101,6 +101,13 @@ class ConnectorConfig:
     # ViT reaches norms ~400x SmolLM2's token embeddings, and the LM then learns to ignore the image.
     # Off by default, as in LLaVA and Idefics3, whose checkpoints have no such weights.
     pre_norm: bool = False
+    # pixel_shuffle (ours): how much of each visual token is its cell's place in the image, written in the LM's own
+    # words ("top left", "centre", "bottom"): token = (1 - w) * proj(cell) + w * place(cell). The LM then reads where
+    # a thing is from the token itself instead of from the raster order of 64 tokens, which vlmkit-smol never
+    # learnt (spatial stayed at chance with row separators too: MODEL_CARD.md, session 10). 0 is off, as in
+    # Idefics3. Turned on by a training recipe (model.position_words), which fills the table from the LM.
+    position_words: float = 0.0
+    grid_size: int = 0  # the tower's patch grid side; filled in by VLMConfig, like the widths
     extra: dict = field(default_factory=dict)  # free-form per-kind options
 
     def __post_init__(self):
@@ -111,6 +118,9 @@ class ConnectorConfig:
         if self.tokens_per_cell < 1 or (self.tokens_per_cell != 1 and self.kind != "pixel_shuffle"):
             raise ValueError(f"connector.tokens_per_cell is a pixel_shuffle option of at least 1, got "
                              f"{self.tokens_per_cell} for {self.kind!r}")
+        if not 0.0 <= self.position_words < 1.0 or (self.position_words and self.kind != "pixel_shuffle"):
+            raise ValueError(f"connector.position_words is a pixel_shuffle weight in [0, 1), got "
+                             f"{self.position_words} for {self.kind!r}")
         if self.kind in RESAMPLER_DEFAULTS:
             queries, layers = RESAMPLER_DEFAULTS[self.kind]
             self.num_queries = self.num_queries or queries
@@ -245,6 +255,7 @@ class VLMConfig:
         if self.lm.hidden_size:
             self.connector.in_dim = self.vision.hidden_size
             self.connector.out_dim = self.lm.hidden_size
+            self.connector.grid_size = self.vision.grid_size
             self.connector.__post_init__()
         if self.image_row_separator:
             self.image_grid()  # fail at load time, not at the first prompt

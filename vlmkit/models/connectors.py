@@ -88,6 +88,23 @@ class PixelShuffleConnector(nn.Module):
                                       nn.Linear(cfg.hidden_dim, d_out, bias=cfg.bias))
         else:
             self.proj = nn.Linear(d_in, d_out, bias=cfg.bias)
+        if cfg.position_words:
+            if not cfg.grid_size:
+                raise ValueError("connector.position_words needs connector.grid_size (VLMConfig fills it in)")
+            side = cfg.grid_size // cfg.scale_factor
+            # [1, N_cells, D_lm]: the LM's embedding of each cell's place (place_phrases), set by training
+            self.pos_embed = nn.Parameter(torch.zeros(1, side * side, cfg.out_dim))
+
+    def set_place_table(self, table: torch.Tensor, weight: float) -> None:
+        """Turn on position words (ConnectorConfig.position_words) with `table` [N_cells, D_lm], one vector per
+        merged cell in raster order (the LM's embeddings of place_phrases)."""
+        side = self.cfg.grid_size // self.cfg.scale_factor
+        if table.shape != (side * side, self.cfg.out_dim):
+            raise ValueError(f"position words: expected a [{side * side}, {self.cfg.out_dim}] table, got {list(table.shape)}")
+        self.cfg.position_words = weight
+        self.cfg.__post_init__()  # checks the weight and the connector kind
+        like = next(self.proj.parameters())
+        self.pos_embed = nn.Parameter(table.detach().clone().unsqueeze(0).to(like), requires_grad=like.requires_grad)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2, D_v * r^2]
         """What the projection sees (scripts/fit_connector.py fits the projection on it)."""
@@ -95,7 +112,34 @@ class PixelShuffleConnector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D_v] -> [B, N/r^2 * k, D_lm]
         y = self.proj(self.merge(x))  # [B, N/r^2, k * D_lm]
+        if self.cfg.position_words:
+            w = self.cfg.position_words
+            y = (1 - w) * y + w * self.place_embed(y.shape[1]).repeat(1, 1, self.cfg.tokens_per_cell)
         return y.reshape(y.shape[0], -1, self.cfg.out_dim)  # cell m's k tokens at m*k .. m*k + k-1
+
+    def place_embed(self, cells: int) -> torch.Tensor:  # -> [1, cells, D_lm]
+        """The place vectors for a grid of `cells` merged cells: another resolution's grid resamples the table,
+        as the tower resamples its position embeddings."""
+        n = self.pos_embed.shape[1]
+        if cells == n:
+            return self.pos_embed
+        from .vision import resize_grid_embed
+
+        g, side = math.isqrt(n), math.isqrt(cells)
+        return resize_grid_embed(self.pos_embed, g, side, side)
+
+
+def place_phrases(side: int) -> list[str]:
+    """Where each cell of a side x side grid lies, in raster order, as the words spatial questions use: the image in
+    thirds, "top left" .. "bottom right", "left" / "right" / "top" / "bottom" beside the centre, "centre" in it."""
+    third = lambda i: (6 * i + 3) // (2 * side)  # which third holds the cell's centre
+    rows, cols = ("top", "", "bottom"), ("left", "", "right")
+    out = []
+    for i in range(side):
+        for j in range(side):
+            words = " ".join(w for w in (rows[third(i)], cols[third(j)]) if w)
+            out.append(words or "centre")
+    return out
 
 
 # ---- resamplers: a fixed number of visual tokens at any resolution ----

@@ -77,6 +77,8 @@ def build_vlm(cfg: TrainConfig) -> Stage:
                 model.cfg.image_grid()
         except ValueError as e:
             raise ConfigError(f"model.image_row_separator: {e}") from None
+    if m.position_words is not None:
+        set_position_words(model, tokenizer, m.position_words)
     if m.vision_init:
         copy_vision(model, Path(m.vision_init))
     if cfg.lora.enabled:
@@ -96,6 +98,32 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     towers = {"vision": ["vision."], "connector": ["connector.", "fusion."], "lm": ["lm."]}
     layers = _decoder_layers(model)
     return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers)
+
+
+def word_vectors(model, tokenizer, phrases: list[str]) -> torch.Tensor:
+    """[P, D_lm]: each phrase as the mean of the LM's input embeddings of its tokens (with a leading space, as the
+    phrase reads inside a sentence)."""
+    emb = model.lm.model.get_input_embeddings().weight.detach()  # [V, D_lm]
+    return torch.stack([emb[tokenizer(" " + p, add_special_tokens=False)["input_ids"]].float().mean(0) for p in phrases])
+
+
+def set_position_words(model, tokenizer, weight: float) -> None:
+    """model.position_words: mix each visual token with its cell's place in the LM's words (ConnectorConfig
+    .position_words). A model that has the table keeps it and takes the new weight; 0 removes it."""
+    from ..models.connectors import place_phrases
+
+    conn = model.connector
+    if model.cfg.connector.kind != "pixel_shuffle":
+        raise ConfigError(f"model.position_words needs a pixel_shuffle connector, not {model.cfg.connector.kind!r}")
+    if not 0.0 <= weight < 1.0:
+        raise ConfigError(f"model.position_words is a weight in [0, 1), got {weight}")
+    if hasattr(conn, "pos_embed"):
+        conn.cfg.position_words = weight
+        if not weight:
+            del conn.pos_embed
+    elif weight:
+        side = model.cfg.connector.grid_size // model.cfg.connector.scale_factor
+        conn.set_place_table(word_vectors(model, tokenizer, place_phrases(side)), weight)
 
 
 def small_lm(source: str, overrides: dict):
@@ -215,6 +243,8 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
         dcfg = DualEncoderConfig(vision=VisionConfig(**m.vision), text=TextTowerConfig(**m.text), embed_dim=m.embed_dim,
                                  text_proj=m.text_proj, loss=m.loss, name=m.name or "vlmkit-clip")
         model = DualEncoder(dcfg)
+    if m.position_words is not None:
+        set_position_words(model, tokenizer, m.position_words)
     if m.vision_init:
         copy_vision(model, Path(m.vision_init))
     if not cfg.lm.freeze:  # unlock the text tower: its weights then belong in our checkpoint
