@@ -219,10 +219,12 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
         assert torch.allclose(plain[1][n], ckpt[1][n], atol=1e-5, rtol=1e-4), n
 
 
-def test_gradient_checkpointing_is_refused_for_the_contrastive_stage(tmp_path):
+@pytest.mark.parametrize("section, setting", [("train", {"gradient_checkpointing": True}),
+                                              ("model", {"position_words": 0.5})])
+def test_vlm_only_settings_are_refused_for_the_contrastive_stage(tmp_path, section, setting):
     from vlmkit.train.config import ConfigError, from_dict
     from vlmkit.train.stages import build
 
-    cfg = from_dict({"stage": "contrastive", "out_dir": str(tmp_path), "train": {"gradient_checkpointing": True}})
-    with pytest.raises(ConfigError, match="gradient_checkpointing is for the VLM stages"):
+    cfg = from_dict({"stage": "contrastive", "out_dir": str(tmp_path), section: setting})
+    with pytest.raises(ConfigError, match=f"{next(iter(setting))} is for the VLM stages"):
         build(cfg)

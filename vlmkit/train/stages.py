@@ -235,6 +235,8 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
     if cfg.train.gradient_checkpointing:
         raise ConfigError("train.gradient_checkpointing is for the VLM stages (it recomputes the LM's decoder layers)")
     m = cfg.model
+    if m.position_words is not None:
+        raise ConfigError("model.position_words is for the VLM stages (a dual encoder has no connector)")
     if m.init:
         model = DualEncoder.from_pretrained(m.init)
     else:
@@ -243,8 +245,6 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
         dcfg = DualEncoderConfig(vision=VisionConfig(**m.vision), text=TextTowerConfig(**m.text), embed_dim=m.embed_dim,
                                  text_proj=m.text_proj, loss=m.loss, name=m.name or "vlmkit-clip")
         model = DualEncoder(dcfg)
-    if m.position_words is not None:
-        set_position_words(model, tokenizer, m.position_words)
     if m.vision_init:
         copy_vision(model, Path(m.vision_init))
     if not cfg.lm.freeze:  # unlock the text tower: its weights then belong in our checkpoint
