@@ -189,6 +189,8 @@ def test_position_words_come_from_the_lms_words_and_are_saved(tmp_path):
     torch.testing.assert_close(back.connector.pos_embed.detach()[0], table)  # frozen with the connector
     off = build_vlm(vlm_config(tmp_path, **{"model": {"init": str(tmp_path / "run" / "final"), "position_words": 0.0}}))
     assert "connector.pos_embed" not in off.model.state_dict() and off.model.cfg.connector.position_words == 0
+    with pytest.raises(ConfigError, match=r"position_words.*\[0, 1\)"):
+        build_vlm(vlm_config(tmp_path, **{"model": {"init": str(tmp_path / "run" / "final"), "position_words": 1.0}}))
     save_tiny_vlm(tmp_path / "mlp")
     with pytest.raises(ConfigError, match="pixel_shuffle"):
         build_vlm(vlm_config(tmp_path, **{"model": {"init": str(tmp_path / "mlp"), "position_words": 0.5}}))

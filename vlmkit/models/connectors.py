@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConnectorConfig
+from .vision import resize_grid_embed
 
 ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -91,14 +92,18 @@ class PixelShuffleConnector(nn.Module):
         if cfg.position_words:
             if not cfg.grid_size:
                 raise ValueError("connector.position_words needs connector.grid_size (VLMConfig fills it in)")
-            side = cfg.grid_size // cfg.scale_factor
             # [1, N_cells, D_lm]: the LM's embedding of each cell's place (place_phrases), set by training
-            self.pos_embed = nn.Parameter(torch.zeros(1, side * side, cfg.out_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.cell_side ** 2, cfg.out_dim))
+
+    @property
+    def cell_side(self) -> int:
+        """Merged cells per side of the tower's own grid (the place table's grid)."""
+        return self.cfg.grid_size // self.cfg.scale_factor
 
     def set_place_table(self, table: torch.Tensor, weight: float) -> None:
         """Turn on position words (ConnectorConfig.position_words) with `table` [N_cells, D_lm], one vector per
         merged cell in raster order (the LM's embeddings of place_phrases)."""
-        side = self.cfg.grid_size // self.cfg.scale_factor
+        side = self.cell_side
         if table.shape != (side * side, self.cfg.out_dim):
             raise ValueError(f"position words: expected a [{side * side}, {self.cfg.out_dim}] table, got {list(table.shape)}")
         self.cfg.position_words = weight
@@ -123,8 +128,6 @@ class PixelShuffleConnector(nn.Module):
         n = self.pos_embed.shape[1]
         if cells == n:
             return self.pos_embed
-        from .vision import resize_grid_embed
-
         g, side = math.isqrt(n), math.isqrt(cells)
         return resize_grid_embed(self.pos_embed, g, side, side)
 

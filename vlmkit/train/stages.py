@@ -11,7 +11,7 @@ is this process's share of the step's mean loss (see losses.py).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -115,15 +115,16 @@ def set_position_words(model, tokenizer, weight: float) -> None:
     conn = model.connector
     if model.cfg.connector.kind != "pixel_shuffle":
         raise ConfigError(f"model.position_words needs a pixel_shuffle connector, not {model.cfg.connector.kind!r}")
-    if not 0.0 <= weight < 1.0:
-        raise ConfigError(f"model.position_words is a weight in [0, 1), got {weight}")
+    try:  # the weight's range is ConnectorConfig's rule, checked before anything changes
+        replace(model.cfg.connector, position_words=weight)
+    except ValueError as e:
+        raise ConfigError(f"model.position_words: {e}") from None
     if hasattr(conn, "pos_embed"):
         conn.cfg.position_words = weight
         if not weight:
             del conn.pos_embed
     elif weight:
-        side = model.cfg.connector.grid_size // model.cfg.connector.scale_factor
-        conn.set_place_table(word_vectors(model, tokenizer, place_phrases(side)), weight)
+        conn.set_place_table(word_vectors(model, tokenizer, place_phrases(conn.cell_side)), weight)
 
 
 def small_lm(source: str, overrides: dict):
