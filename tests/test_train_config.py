@@ -75,3 +75,17 @@ def test_hf_parquet_and_imagefolder(tmp_path):
     red = samples[list(COLOURS).index("red")]
     assert red["text"] == "red" and red["pixel_values"].shape == (3, 16, 16)
     assert red["pixel_values"][0].mean() > 0.5 > red["pixel_values"][2].mean()  # decoded from the parquet bytes
+
+
+def test_data_globs_expand_in_sorted_order_and_resolve_images_per_shard(tmp_path):
+    from vlmkit.train.data import load_records
+
+    for shard in ("s1", "s0"):  # written out of order: the run must not depend on it
+        d = tmp_path / shard
+        d.mkdir()
+        (d / "captions.jsonl").write_text(json.dumps({"id": shard, "image": "images/a.png", "text": shard}) + "\n")
+    recs = load_records([str(tmp_path / "s*" / "captions.jsonl"), str(tmp_path / "s1" / "captions.jsonl")])
+    assert [r["id"] for r in recs.rows] == ["s0", "s1", "s1"]
+    assert recs.roots == [(tmp_path / "s0").resolve(), (tmp_path / "s1").resolve(), (tmp_path / "s1").resolve()]
+    with pytest.raises(ConfigError, match="nothing matches"):
+        load_records([str(tmp_path / "t*" / "captions.jsonl")])

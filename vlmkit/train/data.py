@@ -8,10 +8,12 @@ back as {"skip": reason} and is counted by the collator, never raised mid-epoch.
 Formats (shared with the data and eval engineers):
   conversations: {"id", "image" | "images", "conversations": [{"from": "human"|"gpt", "value"}]}
   captions:      {"id", "image", "text"}
-Image paths are relative to the JSONL file's folder unless absolute.
+Image paths are relative to the JSONL file's folder unless absolute. A data.train entry may be a glob
+("data/shapes-*/train/conversations.jsonl") for data written in shards; it expands in sorted order.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 from collections import Counter
@@ -115,7 +117,7 @@ def load_records(paths: list[str], fmt: str = "auto", hf_format: str = "", image
     if not paths:
         raise ConfigError("data.train is empty: give one or more JSONL files or dataset folders")
     out = Records()
-    for p in map(Path, paths):
+    for p in map(Path, expand_globs(paths)):
         is_hf = fmt == "hf" or (fmt == "auto" and (p.is_dir() or p.suffix in HF_SUFFIXES))
         part = read_hf_records(p, hf_format) if is_hf else read_json_records(p)
         if image_column != "image" or text_column != "text":
@@ -125,6 +127,20 @@ def load_records(paths: list[str], fmt: str = "auto", hf_format: str = "", image
         out.bad_lines.update(part.bad_lines)
     if not out.rows:
         raise ConfigError(f"no usable records in {', '.join(paths)}")
+    return out
+
+
+def expand_globs(paths: list[str]) -> list[str]:
+    """Each glob in `paths` replaced by its matches, sorted so that a run's order does not depend on the file system."""
+    out = []
+    for p in paths:
+        if not glob.has_magic(p):
+            out.append(p)
+            continue
+        matches = sorted(glob.glob(p))
+        if not matches:
+            raise ConfigError(f"training data not found: nothing matches {p}")
+        out += matches
     return out
 
 
