@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Training scenes in shards, generated in parallel (one process per shard), each with the conversations that
 # scripts/make_{binding,counting,spatial}_data.py derive from its ground truth. For a machine with many cores
-# (the GPU recipe recipes/experiments/vlmkit-smol-gpu.toml reads data/shapes-gpu/*/ by glob). Shard k uses seed
+# (recipes/vlmkit-smol-e2e.toml reads data/shapes-shards/*/ by glob). Shard k uses seed
 # 100 + k, so shards never repeat a scene, and the generator keeps every seed inside the training split.
-#   bash scripts/make_shape_shards.sh 8 5000 data/shapes-gpu     # 40k scenes: about a minute on 16 cores
+#   bash scripts/make_shape_shards.sh 8 5000 data/shapes-shards     # 40k scenes: about a minute on 16 cores
 # PYTHON names the interpreter (default .venv/bin/python); a finished shard is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shards=${1:?usage: make_shape_shards.sh SHARDS SCENES_PER_SHARD [OUT_ROOT]} n=${2:?scenes per shard} root=${3:-data/shapes-gpu}
+shards=${1:?usage: make_shape_shards.sh SHARDS SCENES_PER_SHARD [OUT_ROOT]} n=${2:?scenes per shard} root=${3:-data/shapes-shards}
 PY=${PYTHON:-.venv/bin/python}
 
 shard() {

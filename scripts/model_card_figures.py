@@ -8,6 +8,8 @@
       --slices counting,colour,spatial        (a markdown table: which answers each run gives, and how often)
   .venv/bin/python scripts/model_card_figures.py ablation "trainable connector=docs/a-metrics.jsonl" \
       "frozen connector=docs/b-metrics.jsonl" "continued=docs/c-metrics.jsonl@600" --out docs/images/vlmkit-smol-image-gain.png
+  .venv/bin/python scripts/model_card_figures.py curves "stage 3=docs/vlmkit-smol-e2e-metrics.jsonl" \
+      "stage 3b=docs/vlmkit-smol-e2e-more-metrics.jsonl@1930" --smooth 30 --out docs/images/vlmkit-smol-e2e-curves.png
 
 Failures are the first N wrong answers of each slice in sample order (not hand-picked).
 Photos come from scikit-image (public domain / CC0), never seen in training.
@@ -122,15 +124,45 @@ def _eval_rows(path: Path) -> list[dict]:
     return rows
 
 
-def ablation(args) -> None:
+def _chained(specs: list[str], read) -> list[tuple[str, list[dict]]]:
+    """LABEL=METRICS.jsonl[@FIRST_STEP] specs: each run's rows (from `read`), steps shifted onto one axis."""
     runs = []
-    for spec in args.runs:
+    for spec in specs:
         label, sep, path = spec.partition("=")
         path, at, step0 = path.partition("@")  # @N: the run continued another one from its step N
         if not sep or (at and not step0.isdigit()):
             raise SystemExit(f"{spec!r}: expected LABEL=METRICS.jsonl or LABEL=METRICS.jsonl@FIRST_STEP")
-        rows = _eval_rows(Path(path))
-        runs.append((label, [dict(r, step=r["step"] + int(step0 or 0)) for r in rows]))
+        runs.append((label, [dict(r, step=r["step"] + int(step0 or 0)) for r in read(Path(path))]))
+    return runs
+
+
+def curves(args) -> None:
+    """Training loss (a moving mean over `--smooth` logged points) and the in-training shapes evaluation by slice."""
+    from vlmkit.train.plot import read_metrics
+
+    runs = _chained(args.runs, lambda p: sum(read_metrics(p), []))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, rows in runs:
+        train = [r for r in rows if "loss" in r]
+        k = args.smooth
+        mean = [sum(r["loss"] for r in train[max(0, i - k + 1): i + 1]) / len(train[max(0, i - k + 1): i + 1])
+                for i in range(len(train))]
+        loss_ax.plot([r["step"] for r in train], mean, label=label)
+        evals = list({r["step"]: r for r in rows if "eval/accuracy" in r}.values())  # the last step may log twice
+        for key in sorted({k for r in evals for k in r if k.startswith("eval/") and k not in ("eval/n", "eval/accuracy")}):
+            acc_ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=f"{label}: {key[5:]}")
+    loss_ax.set(title=f"training loss (mean of {args.smooth} logged steps)", xlabel="step", ylabel="nats / answer token")
+    acc_ax.set(title="shapes val during training (24 questions a slice)", xlabel="step", ylim=(0, 1))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out}")
+
+
+def ablation(args) -> None:
+    runs = _chained(args.runs, _eval_rows)
     fig, (gain, acc, norm) = plt.subplots(1, 3, figsize=(13, 3.8))
     for label, rows in runs:
         steps = [r["step"] for r in rows]
@@ -176,6 +208,11 @@ def main() -> None:
     ab.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
     ab.add_argument("--out", required=True)
     ab.set_defaults(func=ablation)
+    cu = sub.add_parser("curves")
+    cu.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
+    cu.add_argument("--smooth", type=int, default=10)
+    cu.add_argument("--out", required=True)
+    cu.set_defaults(func=curves)
     args = p.parse_args()
     args.func(args)
 

@@ -51,7 +51,7 @@ class Records:
 def read_json_records(path: Path) -> Records:
     """A .jsonl file (one record a line) or a .json list. Unparseable lines are counted, not fatal."""
     if not path.is_file():
-        raise ConfigError(f"training data not found: {path}")
+        raise ConfigError(f"data file not found: {path}")
     out = Records()
     root = path.resolve().parent
     if path.suffix == ".json":
