@@ -86,3 +86,15 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "_vlm_loss", real)
     res = train(cfg, resume=True, progress=False)
     assert res.summary["finished"] and res.summary["steps"] == 4
+
+
+@pytest.mark.parametrize("key", ["data", "ablation_data"])
+def test_a_missing_eval_file_is_refused_before_any_step(tmp_path, key):
+    data = tmp_path / "d"
+    make_images(data / "images")
+    path = write_jsonl(data / "conversations.jsonl", [_good(i) for i in range(2)])
+    cfg = vlm_config(tmp_path, data={"train": [str(path)]}, train={"batch_size": 2, "max_steps": 1},
+                     eval={key: str(tmp_path / "nowhere" / "eval.jsonl"), "every": 1})
+    with pytest.raises(VlmkitError, match=f"eval.{key} not found"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

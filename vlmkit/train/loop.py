@@ -26,7 +26,7 @@ import torch
 from ..errors import VlmkitError
 from . import checkpoint as ckpt
 from . import distributed as dist_
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import DataPosition, EpochBatchSampler, TrainDataset, load_records, make_loader, micro_batches
 from .evaluate import run_eval, write_jsonl
 from .stages import Stage, build, global_count, param_groups
@@ -94,6 +94,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, max_ste
 
 
 def _train(cfg: TrainConfig, info: dist_.DistInfo, resume: bool, progress: bool, stop_after: int | None) -> RunResult:
+    for name, path in (("eval.data", cfg.eval.data), ("eval.ablation_data", cfg.eval.ablation_data)):
+        if path and not Path(path).is_file():  # else it shows only as a warning at each evaluation, steps later
+            raise ConfigError(f"{name} not found: {path}")
     run_dir = Path(cfg.out_dir)
     ckpt_root = run_dir / "checkpoints"
     seed_everything(cfg.train.seed)
