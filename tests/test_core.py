@@ -39,6 +39,17 @@ def test_kv_cache_matches_no_cache(vlm):
     assert with_cache.token_ids == without.token_ids
 
 
+def test_cached_decoding_uses_the_installed_transformers_cache_argument(vlm):
+    """transformers 5.24 renamed the models' `past_key_values` argument to `cache`: the old name warns on every
+    decode step and goes in 5.40, and the decoder layers pass only the new one on (the Flamingo hooks read it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = vlm.generate([_conv("Describe it.")], max_new_tokens=4)[0]
+    assert len(out.token_ids) == 4
+
+
 def test_batched_equals_one_at_a_time(vlm):
     convs = [_conv("Hi", 1, 0), _conv("What colour is the largest object in the scene?", 2, 5), _conv("Count.", 1, 9)]
     batched = vlm.generate(convs, max_new_tokens=10)

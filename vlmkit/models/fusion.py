@@ -181,7 +181,7 @@ class _BlockHook:
         self.fusion, self.layer_idx = fusion, layer_idx
 
     def __call__(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # the layers' argument is `cache` from transformers 5.24
         if args:
             return (self.fusion.run_block(self.layer_idx, args[0], cache), *args[1:]), kwargs
         kwargs["hidden_states"] = self.fusion.run_block(self.layer_idx, kwargs["hidden_states"], cache)

@@ -11,7 +11,9 @@ later loads take about a second.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -126,15 +128,23 @@ class LanguageModel(nn.Module):
         needs no more, and [B, T, V] logits over a 49k vocabulary cost as much as a few decoder layers."""
         keep = isinstance(logits_to_keep, torch.Tensor) or logits_to_keep
         kw = {"logits_to_keep": logits_to_keep} if keep else {}
+        kw[cache_argument(type(self.model))] = past_key_values
         return self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             return_dict=True,
             **kw,
         )
+
+
+@functools.lru_cache(maxsize=None)
+def cache_argument(model_cls: type) -> str:
+    """The name a transformers model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values` to
+    `cache` (the old name still works until 5.40, with a warning on every call), and its decoder layers pass the
+    new name on to each other."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
 def load_tokenizer(model_dir: Path | None, lm_cfg: LMConfig):
