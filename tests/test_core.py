@@ -39,14 +39,21 @@ def test_kv_cache_matches_no_cache(vlm):
     assert with_cache.token_ids == without.token_ids
 
 
-def test_cached_decoding_uses_the_installed_transformers_cache_argument(vlm):
+@pytest.mark.parametrize("lora", [False, True])
+def test_cached_decoding_uses_the_installed_transformers_cache_argument(lora):
     """transformers 5.24 renamed the models' `past_key_values` argument to `cache`: the old name warns on every
-    decode step and goes in 5.40, and the decoder layers pass only the new one on (the Flamingo hooks read it)."""
+    decode step and goes in 5.40, and the decoder layers pass only the new one on (the Flamingo hooks read it).
+    peft's LoRA wrapper takes any keyword, so the name must come from the model inside it."""
     import warnings
 
+    from vlmkit.config import LoRAConfig
+
+    model = tiny_vlm()
+    if lora:
+        model.model.add_lora(LoRAConfig(r=2, alpha=4))
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        out = vlm.generate([_conv("Describe it.")], max_new_tokens=4)[0]
+        out = model.generate([_conv("Describe it.")], max_new_tokens=4)[0]
     assert len(out.token_ids) == 4
 
 

@@ -128,7 +128,8 @@ class LanguageModel(nn.Module):
         needs no more, and [B, T, V] logits over a 49k vocabulary cost as much as a few decoder layers."""
         keep = isinstance(logits_to_keep, torch.Tensor) or logits_to_keep
         kw = {"logits_to_keep": logits_to_keep} if keep else {}
-        kw[cache_argument(type(self.model))] = past_key_values
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # through peft's LoRA wrapper
+        kw[cache_argument(type(base))] = past_key_values
         return self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
