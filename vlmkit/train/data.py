@@ -9,7 +9,7 @@ Formats (shared with the data and eval engineers):
   conversations: {"id", "image" | "images", "conversations": [{"from": "human"|"gpt", "value"}]}
   captions:      {"id", "image", "text"}
 Image paths are relative to the JSONL file's folder unless absolute. A data.train entry may be a glob
-("data/shapes-*/train/conversations.jsonl") for data written in shards; it expands in sorted order.
+("data/shapes-shards/*/conversations.jsonl") for data written in shards; it expands in sorted order.
 """
 from __future__ import annotations
 
