@@ -14,6 +14,9 @@ from pathlib import Path
 
 from vlmkit.data.unsure import UNSURE
 
+sys.path.insert(0, str(Path(__file__).parent))  # the shared atomic writer in make_binding_data.py
+from make_binding_data import write  # noqa: E402
+
 
 def abstain(record: dict) -> dict:
     turns = [dict(t, value=UNSURE) if t["from"] == "gpt" else t for t in record["conversations"]]
@@ -28,11 +31,7 @@ def main(dirs: list[str]) -> None:
         if not src.is_file():
             raise SystemExit(f"{src}: not found (make the world first with `vlmkit data make`)")
         rows = [abstain(json.loads(line)) for line in src.read_text().splitlines() if line.strip()]
-        out = d / "abstain.jsonl"
-        tmp = out.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(out)
-        print(f"wrote {out}: {len(rows)} conversations, {sum(len(r['conversations']) // 2 for r in rows)} questions")
+        write(d, "abstain.jsonl", rows, "questions")
 
 
 if __name__ == "__main__":

@@ -138,16 +138,13 @@ def _chained(specs: list[str], read) -> list[tuple[str, list[dict]]]:
 
 def curves(args) -> None:
     """Training loss (a moving mean over `--smooth` logged points) and the in-training shapes evaluation by slice."""
-    from vlmkit.train.plot import read_metrics
+    from vlmkit.train.plot import moving_mean, read_metrics
 
     runs = _chained(args.runs, lambda p: sum(read_metrics(p), []))
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, rows in runs:
         train = [r for r in rows if "loss" in r]
-        k = args.smooth
-        mean = [sum(r["loss"] for r in train[max(0, i - k + 1): i + 1]) / len(train[max(0, i - k + 1): i + 1])
-                for i in range(len(train))]
-        loss_ax.plot([r["step"] for r in train], mean, label=label)
+        loss_ax.plot([r["step"] for r in train], moving_mean([r["loss"] for r in train], args.smooth), label=label)
         evals = list({r["step"]: r for r in rows if "eval/accuracy" in r}.values())  # the last step may log twice
         for key in sorted({k for r in evals for k in r if k.startswith("eval/") and k not in ("eval/n", "eval/accuracy")}):
             acc_ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=f"{label}: {key[5:]}")

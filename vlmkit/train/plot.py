@@ -19,6 +19,11 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+def moving_mean(values: list[float], k: int) -> list[float]:
+    """Each value averaged with the up to k - 1 before it (the first points average fewer)."""
+    return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     import matplotlib
 
@@ -41,7 +46,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.plot(steps, [r["loss"] for r in train], lw=1, alpha=0.5, label="loss")
     if len(train) >= 10:
         k = max(2, len(train) // 20)
-        smooth = [sum(r["loss"] for r in train[max(0, i - k + 1):i + 1]) / len(train[max(0, i - k + 1):i + 1]) for i in range(len(train))]
+        smooth = moving_mean([r["loss"] for r in train], k)
         ax.plot(steps, smooth, lw=2, label=f"loss (mean of {k})")
     ax.set(xlabel="step", ylabel="loss", title=f"{run_dir.name}: training loss")
     ax.grid(alpha=0.3)
