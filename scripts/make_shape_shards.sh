@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training scenes in shards, generated in parallel (one process per shard), each with the conversations that
-# scripts/make_{binding,counting,spatial}_data.py derive from its ground truth. For a machine with many cores
+# scripts/make_{binding,counting,spatial,grounding}_data.py derive from its ground truth. For a machine with many cores
 # (recipes/vlmkit-smol-e2e.toml reads data/shapes-shards/*/ by glob). Shard k uses seed
 # 100 + k, so shards never repeat a scene, and the generator keeps every seed inside the training split.
 #   bash scripts/make_shape_shards.sh 8 5000 data/shapes-shards     # 40k scenes: about a minute on 16 cores
@@ -12,10 +12,10 @@ PY=${PYTHON:-.venv/bin/python}
 
 shard() {
   local out=$root/s$1
-  [ -f "$out/spatial.jsonl" ] && return
+  [ -f "$out/grounding.jsonl" ] && return
   rm -rf "$out"
   "$PY" -m vlmkit data make shapes --split train --n "$n" --seed $((100 + $1)) --size 224 --out "$out" --no-progress
-  for kind in binding counting spatial; do "$PY" "scripts/make_${kind}_data.py" "$out"; done
+  for kind in binding counting spatial grounding; do "$PY" "scripts/make_${kind}_data.py" "$out"; done
 }
 mkdir -p "$root"
 pids=()

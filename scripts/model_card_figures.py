@@ -10,6 +10,8 @@
       "frozen connector=docs/b-metrics.jsonl" "continued=docs/c-metrics.jsonl@600" --out docs/images/vlmkit-smol-image-gain.png
   .venv/bin/python scripts/model_card_figures.py curves "stage 3=docs/vlmkit-smol-e2e-metrics.jsonl" \
       "stage 3b=docs/vlmkit-smol-e2e-more-metrics.jsonl@1930" --smooth 30 --out docs/images/vlmkit-smol-e2e-curves.png
+  .venv/bin/python scripts/model_card_figures.py boxes "shipped=runs/eval/A" "more boxes=runs/eval/B" \
+      --task worlds-test --out docs/images/vlmkit-smol-boxes.png    (a markdown table too)
 
 Failures are the first N wrong answers of each slice in sample order (not hand-picked).
 Photos come from scikit-image (public domain / CC0), never seen in training.
@@ -115,6 +117,47 @@ def answers(args) -> None:
             print(f"| {sl} | {Path(run).name} | {len(preds)} | {acc:.2f} | {len(given)} | {top} |")
 
 
+def _box_pairs(run: str, task_dir: str, sl: str):
+    """[(truth, prediction or None)] for one slice's box answers; a prediction with no box is None."""
+    from vlmkit.data.boxes import parse_box
+
+    preds, _ = _run_task(run, task_dir)
+    return [(parse_box(p["answers"][0]), parse_box(p["prediction"] or "")) for p in preds if p["slice"] == sl]
+
+
+def boxes(args) -> None:
+    """Do the predicted boxes follow the true ones? IoU alone cannot tell a box in the wrong place from a stock box
+    that ignores the image; the correlation of the centres can, one axis at a time."""
+    import numpy as np
+
+    from vlmkit.data.boxes import iou
+
+    runs = [spec.split("=", 1) for spec in args.runs]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(7, 3.4 * len(runs)), squeeze=False)
+    print("| run | questions | boxes | IoU ≥ 0.5 | mean IoU | r, centre x | r, centre y | r, width | r, height |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (label, run), row in zip(runs, axes):
+        pairs = _box_pairs(run, args.task, args.slice)
+        ious = [iou(t, p) if p else 0.0 for t, p in pairs]
+        got = np.array([t + p for t, p in pairs if p], dtype=float).reshape(-1, 8)  # truth x1..y2, prediction x1..y2
+        centre = lambda b: np.c_[(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2]
+        extent = lambda b: np.c_[b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]
+        t_c, p_c, t_e, p_e = centre(got[:, :4]), centre(got[:, 4:]), extent(got[:, :4]), extent(got[:, 4:])
+        r = lambda a, b: float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() and b.std() else float("nan")
+        print(f"| {label} | {len(pairs)} | {len(got)} | {np.mean([v >= 0.5 for v in ious]):.2f} | {np.mean(ious):.3f} "
+              f"| {r(t_c[:, 0], p_c[:, 0]):.2f} | {r(t_c[:, 1], p_c[:, 1]):.2f} | {r(t_e[:, 0], p_e[:, 0]):.2f} "
+              f"| {r(t_e[:, 1], p_e[:, 1]):.2f} |")
+        for ax, axis, name in zip(row, (0, 1), ("x", "y")):
+            ax.scatter(t_c[:, axis], p_c[:, axis], s=10, alpha=0.6)
+            ax.plot([0, 1000], [0, 1000], color="grey", lw=0.8, ls="--")
+            ax.set(xlim=(0, 1000), ylim=(0, 1000), xlabel=f"true centre {name}", ylabel=f"predicted centre {name}",
+                   title=f"{label}: centre {name}")
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out}")
+
+
 def _eval_rows(path: Path) -> list[dict]:
     from vlmkit.train.plot import read_metrics
 
@@ -205,6 +248,12 @@ def main() -> None:
     ab.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
     ab.add_argument("--out", required=True)
     ab.set_defaults(func=ablation)
+    bx = sub.add_parser("boxes")
+    bx.add_argument("runs", nargs="+", help="LABEL=EVAL_RUN_DIR, one per run (vlmkit eval --out)")
+    bx.add_argument("--task", required=True, help="the task's folder in each run, e.g. worlds-test")
+    bx.add_argument("--slice", default="grounding")
+    bx.add_argument("--out", required=True)
+    bx.set_defaults(func=boxes)
     cu = sub.add_parser("curves")
     cu.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
     cu.add_argument("--smooth", type=int, default=10)

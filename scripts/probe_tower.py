@@ -2,9 +2,12 @@
 
   .venv/bin/python scripts/probe_tower.py weights/vlmkit-clip [more model dirs...]
 
-For each scene of data/shapes/train (ground truth in truth.jsonl), two logistic-regression probes:
+For each scene of data/shapes/train (ground truth in truth.jsonl), logistic-regression probes:
   colour@patch  the colour of the first object, from the tower token at the object's centre
   count@mean    the number of objects (1-8), from the mean of all tower tokens
+  column@token, row@token  which of the grid's columns (rows) a token sits in, from that token alone, for 4 random
+                tokens a scene: how much of its own place each token carries in its content, which is all an LM
+                that reads the tokens in raster order gets of a column (the row also follows from the order)
 trained on the first 450 scenes and scored on the next 150, against the majority class. This is how
 the vlmkit-smol failure was located: the tower reads colour at 98%, yet the VLM on top answered colour
 questions at 17%, so the loss was in the connector and the LM, not in the tower.
@@ -18,6 +21,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+PLACE_TOKENS = 4  # tokens a scene for the place probes
 
 
 def tower(src: Path, image_size: int):
@@ -40,7 +45,8 @@ def features(vision, vcfg, rows: list[dict], root: Path):
 
     proc = ImageProcessor.from_vision_config(vcfg)
     g, p, scale = vcfg.grid_size, vcfg.patch_size, vcfg.image_size
-    at_patch, pooled = [], []
+    at_patch, pooled, own, place = [], [], [], []
+    pick = np.random.default_rng(0)
     for i in range(0, len(rows), 50):
         chunk = rows[i:i + 50]
         px = proc([Image.open(root / r["image"]).convert("RGB") for r in chunk])
@@ -53,7 +59,10 @@ def features(vision, vcfg, rows: list[dict], root: Path):
             cy = (o["box_px"][1] + o["box_px"][3]) / 2 * scale / h
             at_patch.append(fi[min(g - 1, int(cy // p)) * g + min(g - 1, int(cx // p))].numpy())
             pooled.append(fi.mean(0).numpy())
-    return np.array(at_patch), np.array(pooled)
+            for k in pick.choice(g * g, size=PLACE_TOKENS, replace=False):
+                own.append(fi[k].numpy())
+                place.append(divmod(int(k), g))  # (row, column)
+    return np.array(at_patch), np.array(pooled), np.array(own), np.array(place)
 
 
 def main() -> None:
@@ -72,13 +81,16 @@ def main() -> None:
     print("| tower | probe | accuracy | majority class |\n|---|---|---:|---:|")
     for src in a.models:
         vision, vcfg = tower(src, a.image_size)
-        at_patch, pooled = features(vision, vcfg, rows, a.truth.parent)
-        for name, x, y in (("colour@patch", at_patch, colour), ("count@mean", pooled, count)):
+        at_patch, pooled, own, place = features(vision, vcfg, rows, a.truth.parent)
+        n_tokens = PLACE_TOKENS * a.n_train  # scene i's tokens are rows 4i .. 4i+3: the split stays by scene
+        for name, x, y, n_train in (("colour@patch", at_patch, colour, a.n_train), ("count@mean", pooled, count, a.n_train),
+                                    ("column@token", own, place[:, 1], n_tokens),
+                                    ("row@token", own, place[:, 0], n_tokens)):
             y = np.array(y)
-            clf = LogisticRegression(max_iter=2000).fit(x[:a.n_train], y[:a.n_train])
-            test = y[a.n_train:]
+            clf = LogisticRegression(max_iter=3000).fit(x[:n_train], y[:n_train])
+            test = y[n_train:]
             majority = max(np.mean(test == v) for v in set(test.tolist()))
-            print(f"| {src} | {name} | {clf.score(x[a.n_train:], test):.2f} | {majority:.2f} |")
+            print(f"| {src} | {name} | {clf.score(x[n_train:], test):.2f} | {majority:.2f} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_shards_are_disjoint_complete_and_read_by_glob(tmp_path):
     ids = {}
     for k in (0, 1):
         d = root / f"s{k}"
-        assert {"conversations.jsonl", "binding.jsonl", "counting.jsonl", "spatial.jsonl"} <= {p.name for p in d.iterdir()}
+        assert {"conversations.jsonl", "binding.jsonl", "counting.jsonl", "spatial.jsonl", "grounding.jsonl"} <= {p.name for p in d.iterdir()}
         ids[k] = [json.loads(line)["id"] for line in (d / "truth.jsonl").read_text().splitlines()]
         assert len(ids[k]) == 6
     assert not set(ids[0]) & set(ids[1])
@@ -36,11 +36,11 @@ def test_shards_are_disjoint_complete_and_read_by_glob(tmp_path):
     assert len(recs.rows) == 12 and all((root_ / row["image"]).is_file() for row, root_ in zip(recs.rows, recs.roots))
 
     stamp = (root / "s0" / "truth.jsonl").stat().st_mtime_ns
-    (root / "s1" / "spatial.jsonl").unlink()  # an interrupted shard: its last file is missing
+    (root / "s1" / "grounding.jsonl").unlink()  # an interrupted shard: its last file is missing
     again = _run(2, 6, root)
     assert again.returncode == 0
     assert (root / "s0" / "truth.jsonl").stat().st_mtime_ns == stamp  # finished: kept
-    assert (root / "s1" / "spatial.jsonl").is_file()  # unfinished: made again
+    assert (root / "s1" / "grounding.jsonl").is_file()  # unfinished: made again
 
 
 def test_a_failed_shard_fails_the_script_and_names_its_log(tmp_path):

@@ -34,6 +34,7 @@ COLOURS = {  # names a person would agree on, far from each other and from the l
 SHAPES = ("circle", "square", "triangle", "star", "rectangle")
 TOTAL_COUNT_QUESTIONS = ("How many shapes are there?", "How many shapes are in the image?", "How many objects are there?")
 COLOUR_QUESTIONS = ("What colour is the {}?", "What is the colour of the {}?", "Which colour is the {}?")
+GROUNDING_QUESTIONS = ("Where is the {}?", "Find the {}.", "Give the bounding box of the {}.")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "rectangle": "rectangles"}
 SIZES = {"small": (0.045, 0.065), "large": (0.085, 0.11)}  # half-extent as a fraction of the side; a gap between them
 BACKGROUNDS = ("plain", "noisy", "gradient")
@@ -209,7 +210,7 @@ class ShapesGenerator:
 
     def _grounding(self, objects, rng) -> QA:
         o = rng.choice(objects)
-        q = rng.choice(["Where is the {}?", "Find the {}.", "Give the bounding box of the {}."]).format(_describe(o, objects))
+        q = rng.choice(GROUNDING_QUESTIONS).format(_describe(o, objects))
         return QA(q, format_box(o["box"]), "grounding", "iou")
 
 

@@ -1,0 +1,34 @@
+"""scripts/make_grounding_data.py: every object's box, once each, under the name the generator would use."""
+import random
+
+import repo_file
+
+
+def test_every_object_is_asked_for_once_with_its_exact_box():
+    mod = repo_file.load("scripts/make_grounding_data.py")
+    obj = lambda shape, colour, size, box: {"shape": shape, "colour": colour, "size": size, "box": box}
+    objects = [obj("circle", "red", "small", [10, 20, 110, 120]), obj("circle", "blue", "large", [500, 40, 700, 240]),
+               obj("star", "red", "small", [300, 600, 420, 720])]
+    row = {"id": "s1", "image": "images/s1.png", "truth": {"objects": objects}}
+    conv = mod.conversation(row, random.Random(0))
+    turns = conv["conversations"]
+    asked = {t["value"].replace("<image>\n", ""): a["value"] for t, a in zip(turns[::2], turns[1::2])}
+    names = {}
+    for q, a in asked.items():
+        template = next(t for t in mod.GROUNDING_QUESTIONS if q.startswith(t.split("{}")[0]) and q.endswith(t.split("{}")[1]))
+        names[q[len(template.split("{}")[0]):len(q) - len(template.split("{}")[1])]] = a
+    # two circles need their colour; the lone star is "the star"
+    assert names == {"red circle": "<box>10,20,110,120</box>", "blue circle": "<box>500,40,700,240</box>",
+                     "star": "<box>300,600,420,720</box>"}
+    assert turns[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in turns) == 1
+    assert conv["id"] == "s1-grounding" and conv["image"] == "images/s1.png"
+
+
+def test_the_order_varies_between_scenes():
+    mod = repo_file.load("scripts/make_grounding_data.py")
+    objects = [{"shape": s, "colour": "red", "size": "small", "box": [i, i, i + 10, i + 10]}
+               for i, s in enumerate(["circle", "star", "square", "triangle"])]
+    row = {"id": "s", "image": "i.png", "truth": {"objects": objects}}
+    rng = random.Random(1)
+    firsts = {mod.conversation(row, rng)["conversations"][1]["value"] for _ in range(30)}
+    assert len(firsts) > 1  # the first box asked is not always the first object listed
