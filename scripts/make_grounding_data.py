@@ -9,7 +9,16 @@ answer that a prior could give. The grounding twin of scripts/make_counting_data
 (same images, training split only):
 
     .venv/bin/python scripts/make_grounding_data.py data/shapes/train   # -> data/shapes/train/grounding.jsonl
+
+With --eval it writes the same questions as an evaluation task instead, for a validation folder: one sample per
+object, so that a box's place can be checked against the truth across many boxes (`scripts/model_card_figures.py
+boxes` on the eval run):
+
+    .venv/bin/python scripts/make_grounding_data.py data/shapes/val --eval --scenes 30
+    vlmkit eval --model weights/vlmkit-smol --tasks data/shapes/val/boxes-task.json --out runs/eval/boxes
 """
+import argparse
+import json
 import random
 import sys
 from pathlib import Path
@@ -28,9 +37,40 @@ def conversation(row: dict, rng: random.Random) -> dict:
     return conversation_of(row, "grounding", qa)
 
 
-def main(folder: Path) -> None:
-    make(folder, "grounding.jsonl", conversation, 17, "box questions")
+def eval_samples(row: dict, rng: random.Random) -> list[dict]:
+    """One evaluation sample per object of the scene, scored by IoU like the generator's grounding slice."""
+    return [{"id": f"{row['id']}-box{k}", "image": row["image"], "slice": "grounding", "metric": "iou",
+             "question": qa[0]["value"].replace("<image>\n", ""), "answers": [qa[1]["value"]]}
+            for k, qa in enumerate(zip(*[iter(conversation(row, rng)["conversations"])] * 2))]
+
+
+def write_eval_task(folder: Path, scenes: int | None) -> None:
+    """folder/boxes.jsonl and folder/boxes-task.json (task `<folder>-boxes`, the grounding bar)."""
+    if folder.name == "train" or "train" in folder.parts:
+        raise SystemExit(f"{folder}: --eval is for a validation or test folder, not training scenes")
+    rng = random.Random(17)
+    rows = [json.loads(line) for line in (folder / "truth.jsonl").read_text().splitlines() if line.strip()][:scenes]
+    samples = [s for r in rows for s in eval_samples(r, rng)]
+    tmp = folder / ".boxes.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    tmp.replace(folder / "boxes.jsonl")
+    spec = {"name": f"{folder.parent.name}-{folder.name}-boxes", "samples": "boxes.jsonl",
+            "pass_bars": {"grounding": 0.8}, "max_new_tokens": 34}
+    (folder / "boxes-task.json").write_text(json.dumps(spec, indent=2) + "\n")
+    print(f"wrote {folder / 'boxes-task.json'}: {len(samples)} boxes of {len(rows)} scenes")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path, help="a `vlmkit data make shapes` folder (with truth.jsonl)")
+    ap.add_argument("--eval", action="store_true", help="write an evaluation task instead of training conversations")
+    ap.add_argument("--scenes", type=int, default=None, help="with --eval: the first N scenes only")
+    a = ap.parse_args()
+    if a.eval:
+        write_eval_task(a.folder, a.scenes)
+    else:
+        make(a.folder, "grounding.jsonl", conversation, 17, "box questions")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main()
