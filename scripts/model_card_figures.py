@@ -150,8 +150,8 @@ def boxes(args) -> None:
         for ax, axis, name in zip(row, (0, 1), ("x", "y")):
             ax.scatter(t_c[:, axis], p_c[:, axis], s=10, alpha=0.6)
             ax.plot([0, 1000], [0, 1000], color="grey", lw=0.8, ls="--")
-            ax.set(xlim=(0, 1000), ylim=(0, 1000), xlabel=f"true centre {name}", ylabel=f"predicted centre {name}",
-                   title=f"{label}: centre {name}")
+            ax.set(xlim=(0, 1000), ylim=(0, 1000), xlabel=f"true centre {name}", ylabel=f"predicted centre {name}")
+            ax.set_title(f"{label}: centre {name}", fontsize=9)
             ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(args.out, dpi=90)
