@@ -49,10 +49,10 @@ def test_cached_decoding_uses_the_installed_transformers_cache_argument(lora):
     from vlmkit.config import LoRAConfig
 
     model = tiny_vlm()
-    if lora:
-        model.model.add_lora(LoRAConfig(r=2, alpha=4))
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
+        if lora:  # peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps the LM
+            model.model.add_lora(LoRAConfig(r=2, alpha=4))
         out = model.generate([_conv("Describe it.")], max_new_tokens=4)[0]
     assert len(out.token_ids) == 4
 

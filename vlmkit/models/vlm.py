@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import torch
@@ -107,7 +108,11 @@ class VisionLanguageModel(nn.Module):
         from peft import LoraConfig, get_peft_model
 
         peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules))
-        self.lm.model = get_peft_model(self.lm.model, peft_cfg)  # freezes the base weights
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning at every load of a
+            # LoRA model): a notice for peft, not something a vlmkit user can act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            self.lm.model = get_peft_model(self.lm.model, peft_cfg)  # freezes the base weights
 
     def add_lora(self, lora) -> None:
         """Put LoRA adapters (a config.LoRAConfig) on the LM; save_pretrained then stores only the adapters."""
