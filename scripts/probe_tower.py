@@ -82,7 +82,7 @@ def main() -> None:
     for src in a.models:
         vision, vcfg = tower(src, a.image_size)
         at_patch, pooled, own, place = features(vision, vcfg, rows, a.truth.parent)
-        n_tokens = PLACE_TOKENS * a.n_train  # scene i's tokens are rows 4i .. 4i+3: the split stays by scene
+        n_tokens = PLACE_TOKENS * a.n_train  # each scene's tokens are consecutive rows: the split stays by scene
         for name, x, y, n_train in (("colour@patch", at_patch, colour, a.n_train), ("count@mean", pooled, count, a.n_train),
                                     ("column@token", own, place[:, 1], n_tokens),
                                     ("row@token", own, place[:, 0], n_tokens)):
