@@ -117,38 +117,29 @@ def answers(args) -> None:
             print(f"| {sl} | {Path(run).name} | {len(preds)} | {acc:.2f} | {len(given)} | {top} |")
 
 
-def _box_pairs(run: str, task_dir: str, sl: str):
-    """[(truth, prediction or None)] for one slice's box answers; a prediction with no box is None."""
-    from vlmkit.data.boxes import parse_box
-
-    preds, _ = _run_task(run, task_dir)
-    return [(parse_box(p["answers"][0]), parse_box(p["prediction"] or "")) for p in preds if p["slice"] == sl]
-
-
 def boxes(args) -> None:
-    """Do the predicted boxes follow the true ones? IoU alone cannot tell a box in the wrong place from a stock box
-    that ignores the image; the correlation of the centres can, one axis at a time."""
+    """Do the predicted boxes follow the true ones? The harness's iou metric reports it (vlmkit.eval.metrics.boxes
+    .placement: r of the centres and sizes, one axis at a time); this puts several runs side by side and plots it."""
     import numpy as np
 
-    from vlmkit.data.boxes import iou
+    from vlmkit.eval.metrics import evaluate
+    from vlmkit.eval.metrics.boxes import parse_box
 
     runs = [spec.split("=", 1) for spec in args.runs]
     fig, axes = plt.subplots(len(runs), 2, figsize=(7, 3.4 * len(runs)), squeeze=False)
     print("| run | questions | boxes | IoU ≥ 0.5 | mean IoU | r, centre x | r, centre y | r, width | r, height |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (label, run), row in zip(runs, axes):
-        pairs = _box_pairs(run, args.task, args.slice)
-        ious = [iou(t, p) if p else 0.0 for t, p in pairs]
-        got = np.array([t + p for t, p in pairs if p], dtype=float).reshape(-1, 8)  # truth x1..y2, prediction x1..y2
-        centre = lambda b: np.c_[(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2]
-        extent = lambda b: np.c_[b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]
-        t_c, p_c, t_e, p_e = centre(got[:, :4]), centre(got[:, 4:]), extent(got[:, :4]), extent(got[:, 4:])
-        r = lambda a, b: float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() and b.std() else float("nan")
-        print(f"| {label} | {len(pairs)} | {len(got)} | {np.mean([v >= 0.5 for v in ious]):.2f} | {np.mean(ious):.3f} "
-              f"| {r(t_c[:, 0], p_c[:, 0]):.2f} | {r(t_c[:, 1], p_c[:, 1]):.2f} | {r(t_e[:, 0], p_e[:, 0]):.2f} "
-              f"| {r(t_e[:, 1], p_e[:, 1]):.2f} |")
+        preds = [p for p in _run_task(run, args.task)[0] if p["slice"] == args.slice]
+        res = evaluate("iou", [p["prediction"] or "" for p in preds], [p["answers"] for p in preds])
+        ex = res.extras
+        r = lambda k: f"{ex[k]:.2f}" if k in ex else "-"
+        print(f"| {label} | {len(preds)} | {round(ex['boxed'] * len(preds))} | {res.score:.2f} | {ex['mean_iou']:.3f} "
+              f"| {r('centre_r_x')} | {r('centre_r_y')} | {r('width_r')} | {r('height_r')} |")
+        pairs = [(parse_box(p["answers"][0]), parse_box(p["prediction"] or "")) for p in preds]
+        got = np.array([t + b for t, b in pairs if t and b], dtype=float).reshape(-1, 8)  # truth x1..y2, predicted x1..y2
         for ax, axis, name in zip(row, (0, 1), ("x", "y")):
-            ax.scatter(t_c[:, axis], p_c[:, axis], s=10, alpha=0.6)
+            ax.scatter((got[:, axis] + got[:, axis + 2]) / 2, (got[:, 4 + axis] + got[:, 6 + axis]) / 2, s=10, alpha=0.6)
             ax.plot([0, 1000], [0, 1000], color="grey", lw=0.8, ls="--")
             ax.set(xlim=(0, 1000), ylim=(0, 1000), xlabel=f"true centre {name}", ylabel=f"predicted centre {name}")
             ax.set_title(f"{label}: centre {name}", fontsize=9)

@@ -95,6 +95,21 @@ def test_boxes():
     assert res.score == pytest.approx(1 / 3)
     assert res.extras["mean_iou"] == pytest.approx((0.5 + 1 / 3 + 0) / 3)
     assert box_iou("<box>0,0,100,100</box>", ["<box>500,500,600,600</box>", "<box>0,0,100,100</box>"]) == 1.0
+    assert res.extras["boxed"] == pytest.approx(2 / 3)
+    assert not {"centre_r_x", "centre_r_y", "width_r", "height_r"} & set(res.extras)  # 2 boxes are too few for an r
+
+
+def test_box_placement_tells_rows_from_columns():
+    """A model that finds the row but guesses the column: r = 1 down, about 0 across; IoU alone hides which."""
+    truth_centres = [(170, 100), (500, 500), (900, 800), (800, 700), (800, 300), (450, 150)]
+    refs = [[f"<box>{x - 50},{y - 50},{x + 50},{y + 50}</box>"] for x, y in truth_centres]
+    guessed = [170, 800, 170, 800, 170, 800]
+    preds = [f"<box>{g - 50},{y - 50},{g + 50},{y + 50}</box>" for g, (_, y) in zip(guessed, truth_centres)]
+    extras = evaluate("iou", preds + ["I can't tell."], refs + [["<box>0,0,10,10</box>"]]).extras
+    assert extras["boxed"] == pytest.approx(6 / 7)
+    assert extras["centre_r_y"] == pytest.approx(1.0)
+    assert extras["centre_r_x"] == pytest.approx(-0.0787, abs=1e-3)  # numpy.corrcoef on the same numbers
+    assert "width_r" not in extras  # every width is 100 on both sides: undefined, left out rather than NaN
 
 
 # ---- POPE ----

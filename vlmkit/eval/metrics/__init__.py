@@ -11,7 +11,7 @@ failures), and `extras` the rest (precision, recall, BLEU, mean IoU, per-field F
 | exact    | exact match (normalised)      | ours (relaxed.py)                          |
 | anls     | ANLS, threshold 0.5           | RRC DocVQA script                          |
 | relaxed  | ChartQA relaxed accuracy      | pix2struct relaxed_correctness             |
-| iou      | accuracy at IoU >= 0.5        | ours (boxes.py); extras: mean_iou          |
+| iou      | accuracy at IoU >= 0.5        | ours (boxes.py); extras: mean_iou, boxed, centre/size r per axis |
 | cider    | CIDEr-D                       | pycocoevalcap CiderScorer; extras: BLEU-1..4 |
 | json_f1  | field-level micro F1          | ours (fields.py); extras: per field, items |
 | yesno    | POPE accuracy                 | AoiDragon/POPE evaluate.py; extras: P/R/F1/yes ratio |
@@ -56,7 +56,7 @@ def _per_sample(fn) -> Metric:
 def _iou(predictions, references) -> MetricResult:
     ious = [_boxes.box_iou(p, refs) for p, refs in zip(predictions, references)]
     hits = [float(x >= 0.5) for x in ious]
-    return MetricResult(_mean(hits), hits, {"mean_iou": _mean(ious)})
+    return MetricResult(_mean(hits), hits, {"mean_iou": _mean(ious), **_boxes.placement(predictions, references)})
 
 
 def _cider_metric(predictions, references) -> MetricResult:

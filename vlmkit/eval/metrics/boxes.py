@@ -4,6 +4,11 @@ Coordinates are normalised to 0-1000 (our shared data format) and treated as
 continuous: area = (x2 - x1) * (y2 - y1), with no +1 pixel convention. The first
 <box> in the prediction counts; a prediction without one, or a box with x2 <= x1 or
 y2 <= y1, has IoU 0. Against several answers a sample takes its best IoU.
+
+IoU cannot tell a box in the wrong place from a stock box that ignores the image, so
+`placement` also correlates predicted with true box centres and sizes, one axis at a
+time (ours): a model that finds the row but not the column shows r near 1 down and
+near 0 across.
 """
 from __future__ import annotations
 
@@ -36,3 +41,31 @@ def box_iou(prediction: str, answers: list[str]) -> float:
         return 0.0
     gts = [parse_box(a) for a in answers]
     return max((iou(pred, g) for g in gts if g is not None), default=0.0)
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:  # a constant answer (or truth) has no correlation to speak of
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sxx * syy) ** 0.5
+
+
+def placement(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Where the boxes go: the share of answers with a box, and Pearson r between predicted and true (first answer)
+    box centre x, centre y, width and height over those. An r is left out when it is undefined (fewer than 3 boxes,
+    or one side constant)."""
+    pairs = [(parse_box(p), parse_box(refs[0]) if refs else None) for p, refs in zip(predictions, references)]
+    pairs = [(p, t) for p, t in pairs if p is not None and t is not None]
+    out = {"boxed": len(pairs) / len(predictions) if predictions else 0.0}
+    measures = {"centre_r_x": lambda b: (b[0] + b[2]) / 2, "centre_r_y": lambda b: (b[1] + b[3]) / 2,
+                "width_r": lambda b: b[2] - b[0], "height_r": lambda b: b[3] - b[1]}
+    for name, f in measures.items():
+        r = _pearson([f(t) for _, t in pairs], [f(p) for p, _ in pairs])
+        if r is not None:
+            out[name] = r
+    return out
