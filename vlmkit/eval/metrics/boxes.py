@@ -13,6 +13,7 @@ near 0 across.
 from __future__ import annotations
 
 import re
+import statistics
 
 _NUM = r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*"
 BOX_RE = re.compile(r"<box>" + ",".join([_NUM] * 4) + r"</box>")
@@ -44,24 +45,22 @@ def box_iou(prediction: str, answers: list[str]) -> float:
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
-    n = len(xs)
-    if n < 3:
+    if len(xs) < 3:
         return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    if sxx == 0 or syy == 0:  # a constant answer (or truth) has no correlation to speak of
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # a constant answer (or truth) has no correlation to speak of
         return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sxx * syy) ** 0.5
 
 
 def placement(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """Where the boxes go: the share of answers with a box, and Pearson r between predicted and true (first answer)
     box centre x, centre y, width and height over those. An r is left out when it is undefined (fewer than 3 boxes,
     or one side constant)."""
-    pairs = [(parse_box(p), parse_box(refs[0]) if refs else None) for p, refs in zip(predictions, references)]
-    pairs = [(p, t) for p, t in pairs if p is not None and t is not None]
-    out = {"boxed": len(pairs) / len(predictions) if predictions else 0.0}
+    boxes = [parse_box(p) for p in predictions]
+    out = {"boxed": sum(b is not None for b in boxes) / len(boxes) if boxes else 0.0}
+    pairs = [(p, parse_box(refs[0])) for p, refs in zip(boxes, references) if p is not None and refs]
+    pairs = [(p, t) for p, t in pairs if t is not None]
     measures = {"centre_r_x": lambda b: (b[0] + b[2]) / 2, "centre_r_y": lambda b: (b[1] + b[3]) / 2,
                 "width_r": lambda b: b[2] - b[0], "height_r": lambda b: b[3] - b[1]}
     for name, f in measures.items():
