@@ -32,11 +32,16 @@ def conversation_of(row: dict, suffix: str, qa: list[tuple[str, str]]) -> dict:
     return {"id": f"{row['id']}-{suffix}", "image": row["image"], "conversations": turns}
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """A half-written data file would train (or score) on part of the data: write beside it, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write(folder: Path, name: str, convs: list[dict], what: str) -> None:
-    """Write `convs` to folder/name atomically (a half-written file would train on part of the data)."""
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    tmp.replace(folder / name)
+    """Write `convs` to folder/name atomically."""
+    write_atomic(folder / name, "".join(json.dumps(c) + "\n" for c in convs))
     turns = sum(len(c["conversations"]) // 2 for c in convs)
     print(f"wrote {folder / name}: {len(convs)} conversations, {turns} {what}")
 

@@ -27,21 +27,24 @@ from vlmkit.data.boxes import format_box
 from vlmkit.data.shapes import GROUNDING_QUESTIONS, _describe
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared writer in make_binding_data.py
-from make_binding_data import conversation_of, make  # noqa: E402
+from make_binding_data import conversation_of, make, write_atomic  # noqa: E402
+
+
+def questions(row: dict, rng: random.Random) -> list[tuple[str, str]]:
+    """(question, box answer) for every object of the scene, in random order."""
+    objs = list(row["truth"]["objects"])
+    rng.shuffle(objs)
+    return [(rng.choice(GROUNDING_QUESTIONS).format(_describe(o, objs)), format_box(o["box"])) for o in objs]
 
 
 def conversation(row: dict, rng: random.Random) -> dict:
-    objs = list(row["truth"]["objects"])
-    rng.shuffle(objs)
-    qa = [(rng.choice(GROUNDING_QUESTIONS).format(_describe(o, objs)), format_box(o["box"])) for o in objs]
-    return conversation_of(row, "grounding", qa)
+    return conversation_of(row, "grounding", questions(row, rng))
 
 
 def eval_samples(row: dict, rng: random.Random) -> list[dict]:
     """One evaluation sample per object of the scene, scored by IoU like the generator's grounding slice."""
     return [{"id": f"{row['id']}-box{k}", "image": row["image"], "slice": "grounding", "metric": "iou",
-             "question": qa[0]["value"].replace("<image>\n", ""), "answers": [qa[1]["value"]]}
-            for k, qa in enumerate(zip(*[iter(conversation(row, rng)["conversations"])] * 2))]
+             "question": q, "answers": [a]} for k, (q, a) in enumerate(questions(row, rng))]
 
 
 def write_eval_task(folder: Path, scenes: int | None) -> None:
@@ -51,14 +54,10 @@ def write_eval_task(folder: Path, scenes: int | None) -> None:
     rng = random.Random(17)
     rows = [json.loads(line) for line in (folder / "truth.jsonl").read_text().splitlines() if line.strip()][:scenes]
     samples = [s for r in rows for s in eval_samples(r, rng)]
-    tmp = folder / ".boxes.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    tmp.replace(folder / "boxes.jsonl")
+    write_atomic(folder / "boxes.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
     spec = {"name": f"{folder.parent.name}-{folder.name}-boxes", "samples": "boxes.jsonl",
             "pass_bars": {"grounding": 0.8}, "max_new_tokens": 34}
-    tmp = folder / ".boxes-task.json.tmp"
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    tmp.replace(folder / "boxes-task.json")
+    write_atomic(folder / "boxes-task.json", json.dumps(spec, indent=2) + "\n")
     print(f"wrote {folder / 'boxes-task.json'}: {len(samples)} boxes of {len(rows)} scenes")
 
 
