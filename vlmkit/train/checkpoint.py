@@ -89,8 +89,39 @@ def load_optimizer_state(train_module, optimizer, tensors: dict[str, torch.Tenso
         name, _, k = key.rpartition("/")
         state.setdefault(name, {})[k] = v
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    now = _check_params(train_module, optimizer, state, groups)
+    # strict=False lets through the stateless parameters that _check_params has just accounted for
     set_optimizer_state_dict(train_module, optimizer, {"state": state, "param_groups": groups},
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    # torch gives every parameter zeroed state on the way in; drop it again for those that had none, so that their
+    # first gradient counts as Adam's step 1, as it would have without the interruption
+    for names, group in zip(now, optimizer.param_groups):
+        for name, p in zip(names, group["params"]):
+            if name not in state:
+                optimizer.state.pop(p, None)
+
+
+def _check_params(train_module, optimizer, state: dict, groups: list[dict]) -> list[list[str]]:
+    """A trainable parameter that has had no gradient yet has no Adam state (a tower block after the layer the
+    connector reads, say), and stays stateless on resume. Anything else that does not line up (a parameter trained
+    now but not then, state for one the run does not train) means the checkpoint is not this run's: an error.
+    Returns the parameter names of each of the optimizer's groups, in its order."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    # names as torch's full optimizer state dict spells them (wrappers stripped), group by group, in the optimizer's order
+    now = get_optimizer_state_dict(train_module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = [list(g["params"]) for g in now["param_groups"]]
+    trained_now = {n for g in names for n in g}
+    trained_then = {n for g in groups for n in g["params"]}
+    if trained_now != trained_then:
+        diff = sorted(trained_now ^ trained_then)
+        raise CheckpointError(f"the checkpoint trained a different set of parameters than this run ({len(diff)} differ, "
+                              f"e.g. {diff[:3]}); was a freeze flag or the LoRA setting changed?")
+    unknown = sorted(set(state) - trained_then)
+    if unknown:
+        raise CheckpointError(f"the checkpoint has optimizer state for {len(unknown)} parameters it does not train, "
+                              f"e.g. {unknown[:3]}")
+    return names
 
 
 # ---- write / find / prune ----
