@@ -46,6 +46,9 @@ def test_resume_matches_uninterrupted(tmp_path, variant):
     at_stop = read_safetensors(saved / "model.safetensors")
     state = json.loads((saved / "state.json").read_text())
     assert state["step"] == STOP and {"epoch", "batch", "rng"} <= set(state)
+    # the interrupted run had logged a step past its checkpoint, and died halfway through the next line
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": STOP + 1, "loss": 123.0}) + '\n{"step": ')
     torch.manual_seed(12345)  # the resumed run must restore the RNG itself
     second = train(cut, resume=True, progress=False)
     assert second.state.step == STEPS

@@ -222,7 +222,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
 
 
 @pytest.mark.parametrize("section, setting", [("train", {"gradient_checkpointing": True}),
-                                              ("model", {"position_words": 0.5})])
+                                              ("model", {"position_words": 0.5}),
+                                              ("model", {"image_positions": "grid"})])
 def test_vlm_only_settings_are_refused_for_the_contrastive_stage(tmp_path, section, setting):
     from vlmkit.train.config import ConfigError, from_dict
     from vlmkit.train.stages import build

@@ -124,7 +124,8 @@ class VLM:
         """Token ids with visual positions; per-image layouts when a tiling policy or merging is on."""
         tiling = tiling if tiling is not None else self.tiling
         merge = merge_threshold if merge_threshold is not None else self.merge_threshold
-        whole_images_only = self.cfg.fusion.kind != "none" or self.cfg.image_row_separator
+        grid = self.cfg.image_positions == "grid"
+        whole_images_only = self.cfg.fusion.kind != "none" or self.cfg.image_row_separator or grid
         if whole_images_only and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
             # tiles, merged tokens and frames get their own layouts, which neither kind of model has yet
             if self.cfg.fusion.kind != "none":  # an image is one marker position whose features feed cross-attention
@@ -132,6 +133,9 @@ class VLM:
                                   "tiling, token merging and video are not supported with fusion")
             if self.cfg.image_row_separator:  # without rows the model would read a layout it never saw
                 raise VlmkitError("this model separates the rows of its visual tokens (image_row_separator): "
+                                  "tiling, token merging and video are not supported with it yet")
+            if grid:  # 2-D positions need every image to be one full grid of the tower's tokens
+                raise VlmkitError("this model numbers its visual tokens by row and column (image_positions='grid'): "
                                   "tiling, token merging and video are not supported with it yet")
         label = self.label_images if label_images is None else label_images
         messages = self._expand_videos(messages, merge, max_new_tokens)
@@ -238,7 +242,8 @@ class VLM:
 
         return expand_video_parts(messages, frames_for)
 
-    def _embed_batch(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed_batch(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (embeddings [B, T, D_lm], attention mask [B, T], position ids [(3,) B, T]), left-padded."""
         pad = pad_id(self.tokenizer)
         input_ids, mask = left_pad([p.input_ids for p in prompts], pad)
         visuals = [v for p in prompts for v in p.visuals]
@@ -247,7 +252,7 @@ class VLM:
         else:
             images = [im.image if isinstance(im, _Frame) else im for p in prompts for im in p.images]
             feats = self.encode_images(images) if images else None
-        return self.model.embed_inputs(input_ids, feats), mask
+        return self.model.embed_inputs(input_ids, feats), mask, self.model.position_ids(input_ids, mask)
 
     @torch.no_grad()
     def encode_images(self, images: list) -> torch.Tensor:
@@ -296,8 +301,9 @@ class VLM:
     @torch.no_grad()
     def generate_prompts(self, prompts: list[Prompt], config: GenerationConfig, on_text=None, logits_processor=None) -> list[GenerationResult]:
         """Prompts already built by `prompt` (a server counts their tokens before queueing them), as one batch."""
-        embeds, mask = self._embed_batch(prompts)
-        return generate_from_embeds(self.model.lm, embeds, mask, self.tokenizer, config, self._eos, on_text, logits_processor)
+        embeds, mask, positions = self._embed_batch(prompts)
+        return generate_from_embeds(self.model.lm, embeds, mask, self.tokenizer, config, self._eos, on_text,
+                                    logits_processor, positions)
 
     def chat(self, messages: list[dict], stream: Callable[[str], None] | None = None, **kw) -> str:
         on_text = (lambda _row, delta: stream(delta)) if stream else None

@@ -247,6 +247,10 @@ class VLMConfig:
     # and is a token the LM already reads as a line break. (It did not make vlmkit-smol answer spatial questions
     # in 100 CPU steps: MODEL_CARD.md, session 10.)
     image_row_separator: str = ""
+    # How the LM numbers visual tokens: "sequence", one after another like text (LLaVA); "grid", a (t, row, col) id
+    # per token through 2-D rotary positions (Qwen2-VL's M-RoPE; models/rope2d.py). A grid image spans max(R, C) ids
+    # instead of R * C, and prompts without images get exactly the LM's own positions.
+    image_positions: str = "sequence"
 
     def __post_init__(self):
         for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig), ("fusion", FusionConfig)):
@@ -257,16 +261,24 @@ class VLMConfig:
             self.connector.out_dim = self.lm.hidden_size
             self.connector.grid_size = self.vision.grid_size
             self.connector.__post_init__()
+        if self.image_positions not in ("sequence", "grid"):
+            raise ValueError(f"image_positions must be 'sequence' or 'grid', got {self.image_positions!r}")
+        if self.image_positions == "grid" and self.image_row_separator:
+            raise ValueError("image_positions='grid' already tells the LM where each row starts: "
+                             "leave image_row_separator empty")
+        # fail at load time, not at the first prompt
         if self.image_row_separator:
-            self.image_grid()  # fail at load time, not at the first prompt
+            self.image_grid("image_row_separator")
+        if self.image_positions == "grid":
+            self.image_grid("image_positions='grid'")
 
-    def image_grid(self) -> tuple[int, int]:
+    def image_grid(self, why: str = "image_row_separator") -> tuple[int, int]:
         """(rows, cols) of the visual tokens of one image; only connectors that keep the patch grid have one."""
         n = self.image_seq_len
         side = math.isqrt(n)
         if (self.fusion.kind != "none" or self.connector.kind in ("qformer", "perceiver") or side * side != n
                 or (self.connector.kind == "pixel_shuffle" and self.connector.tokens_per_cell != 1)):
-            raise ValueError(f"image_row_separator needs an image's visual tokens to form a square grid, but connector "
+            raise ValueError(f"{why} needs an image's visual tokens to form a square grid, but connector "
                              f"{self.connector.kind!r} (fusion {self.fusion.kind!r}) gives {n} tokens that do not")
         return side, side
 

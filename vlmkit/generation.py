@@ -114,15 +114,18 @@ def generate_from_embeds(
     eos_token_ids: set[int],
     on_text: TextCallback | None = None,
     logits_processor: LogitsProcessor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> list[GenerationResult]:
-    """inputs_embeds [B, T, D] (left-padded), attention_mask [B, T] -> one result per row."""
+    """inputs_embeds [B, T, D] (left-padded), attention_mask [B, T] -> one result per row.
+    position_ids: the prompt's, [B, T] or [3, B, T] (VisionLanguageModel.position_ids); by default counted
+    from the mask."""
     from transformers import DynamicCache
 
     B = inputs_embeds.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     streams = [_TextStream(tokenizer, cfg.stop, i, on_text) for i in range(B)]
     mask = attention_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids  # [(3,) B, T]
     embeds = inputs_embeds
     cache = DynamicCache(config=lm.model.config) if cfg.use_cache else None
     out = lm(embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cfg.use_cache, logits_to_keep=1)
@@ -142,8 +145,8 @@ def generate_from_embeds(
             break
         new_embed = lm.embed_tokens(nxt[:, None])  # [B, 1, D]
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        new_pos = positions[:, -1:] + 1
-        positions = torch.cat([positions, new_pos], dim=1)
+        new_pos = positions[..., -1:] + 1  # the prompt ends in text, whose axes agree
+        positions = torch.cat([positions, new_pos], dim=-1)
         if cfg.use_cache:
             out = lm(new_embed, attention_mask=mask, position_ids=new_pos, past_key_values=cache, use_cache=True)
         else:  # the reference path: recompute the whole sequence every step

@@ -111,6 +111,19 @@ class LanguageModel(nn.Module):
                 raise ValueError("LMConfig.hf_config is empty: load the LM with LanguageModel.from_source")
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.hf_config), dtype=torch.float32)
         self.model = model
+        # 3-axis position ids (models/rope2d.py) reach the rotary embeddings through this hook, not through the
+        # model's forward, which takes [B, T] ids; set only for the length of one forward
+        self._grid_ids: torch.Tensor | None = None
+        self._rotary = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
+        for m in self._rotary:
+            m.register_forward_hook(self._grid_rotary)
+
+    def _grid_rotary(self, module, args, output):
+        if self._grid_ids is None:
+            return output
+        from .rope2d import rotary_cos_sin
+
+        return rotary_cos_sin(module, args[0], self._grid_ids)
 
     @classmethod
     def from_source(cls, source: str = "smollm2") -> "LanguageModel":
@@ -124,20 +137,30 @@ class LanguageModel(nn.Module):
         return self.model.get_input_embeddings()(input_ids)
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, logits_to_keep: int | torch.Tensor = 0):
-        """logits_to_keep=1 computes the vocabulary projection for the last position only: a prefill
+        """position_ids: [B, T], or [3, B, T] for 2-D image positions (models/rope2d.py).
+        logits_to_keep=1 computes the vocabulary projection for the last position only: a prefill
         needs no more, and [B, T, V] logits over a 49k vocabulary cost as much as a few decoder layers."""
         keep = isinstance(logits_to_keep, torch.Tensor) or logits_to_keep
         kw = {"logits_to_keep": logits_to_keep} if keep else {}
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # through peft's LoRA wrapper
         kw[cache_argument(type(base))] = past_key_values
-        return self.model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            return_dict=True,
-            **kw,
-        )
+        if position_ids is not None and position_ids.dim() == 3:  # [3, B, T]: (t, row, col), models/rope2d.py
+            if not self._rotary:
+                raise ValueError(f"2-D image positions need an LM with rotary embeddings; {type(base).__name__} has none")
+            if attention_mask is None and past_key_values is None:  # else transformers reads the ids as packed sequences
+                attention_mask = torch.ones(position_ids.shape[1:], dtype=torch.long, device=inputs_embeds.device)
+            self._grid_ids, position_ids = position_ids, position_ids[0]
+        try:
+            return self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                return_dict=True,
+                **kw,
+            )
+        finally:
+            self._grid_ids = None
 
 
 @functools.lru_cache(maxsize=None)

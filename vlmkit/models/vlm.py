@@ -66,6 +66,17 @@ class VisionLanguageModel(nn.Module):
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats)
         return embeds
 
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM's position ids for a (left-padded) batch: [B, T], or [3, B, T] (t, row, col) under
+        cfg.image_positions == "grid" (models/rope2d.py)."""
+        if self.cfg.image_positions == "grid":
+            from .rope2d import grid_position_ids
+
+            return grid_position_ids(input_ids, attention_mask, self.cfg.image_token_id, self.cfg.image_grid())
+        if attention_mask is None:
+            return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -82,8 +93,8 @@ class VisionLanguageModel(nn.Module):
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
         embeds = self.embed_inputs(input_ids, image_features)
-        if position_ids is None and attention_mask is not None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids, attention_mask)
         out = self.lm(embeds, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=logits_to_keep)
         if labels is not None:
             if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):

@@ -86,8 +86,7 @@ def yes_probability(vlm, image, question: str) -> float:
     no = {t for w in ("no", "No", " no", " No") for t in tok.encode(w, add_special_tokens=False)[:1]}
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
     with torch.no_grad():
-        embeds, mask = vlm._embed_batch([vlm.prompt(messages)])
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        embeds, mask, position_ids = vlm._embed_batch([vlm.prompt(messages)])
         logits = vlm.model.lm(embeds, attention_mask=mask, position_ids=position_ids).logits[0, -1].float()  # [V]
     lp = torch.log_softmax(logits, -1)
     p_yes, p_no = lp[sorted(yes)].exp().sum(), lp[sorted(no)].exp().sum()

@@ -51,6 +51,8 @@ class ModelSpec:
     chat_template: str = ""  # "" keeps the model's; "chatml": plain ChatML, no default system prompt
     # None keeps the model's; "\n" writes a newline after each row of visual tokens (VLMConfig.image_row_separator)
     image_row_separator: str | None = None
+    # None keeps the model's; "grid" gives visual tokens 2-D rotary positions (VLMConfig.image_positions)
+    image_positions: str | None = None
     # None keeps the model's; w in (0, 1) mixes each visual token with its cell's place in the LM's words
     # (ConnectorConfig.position_words; pixel_shuffle only), the table filled from the LM's embeddings
     position_words: float | None = None

@@ -63,11 +63,12 @@ def eval_vqa(model, tokenizer, path: Path, max_samples: int, max_new_tokens: int
                 content.append({"type": "text", "text": row["question"]})
                 prompts.append(build_prompt(tokenizer, [{"role": "user", "content": content}], model.cfg.image_token,
                                             model.cfg.image_token_id, model.cfg.image_layout))
-            ids, mask = left_pad([p.input_ids for p in prompts], pad)
+            ids, mask = (t.to(device) for t in left_pad([p.input_ids for p in prompts], pad))
             images = [im for p in prompts for im in p.images]
             feats = model.encode_images(proc(images).to(device)) if images else None
-            embeds = model.embed_inputs(ids.to(device), feats)
-            outs = generate_from_embeds(model.lm, embeds, mask.to(device), tokenizer, gen_cfg, eos)
+            embeds = model.embed_inputs(ids, feats)
+            outs = generate_from_embeds(model.lm, embeds, mask, tokenizer, gen_cfg, eos,
+                                        position_ids=model.position_ids(ids, mask))
             for (row, _), out in zip(chunk, outs):
                 preds.append(out.text.strip())
                 refs.append([str(a) for a in row.get("answers", [])])

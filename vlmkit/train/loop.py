@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -134,6 +135,8 @@ def _train(cfg: TrainConfig, info: dist_.DistInfo, resume: bool, progress: bool,
         (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         log.info("trainable parameters: %s", {k: f"{v:,}" for k, v in counts.items()})
     metrics_path = run_dir / "metrics.jsonl"
+    if start_ckpt is not None and info.is_main:
+        _drop_metrics_after(metrics_path, state.step)
     stream = micro_batches(loader, sampler, state.pos)
     bar = _progress(progress and info.is_main, total, state.step)
     fallback: dict | None = None  # a batch this process can replay with weight 0 when its own share is empty
@@ -309,6 +312,23 @@ def _write_model(stage: Stage, path: Path, full: dict | None = None) -> None:
         stage.model.save_pretrained(path, tokenizer=stage.tokenizer)
     else:
         stage.model.save_pretrained(path)
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop what the interrupted run logged for them (and a
+    half-written last line), so that the curves read as one run's."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def _restore(path: Path, module, optimizer, state: RunState) -> None:

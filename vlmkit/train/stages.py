@@ -70,13 +70,14 @@ def build_vlm(cfg: TrainConfig) -> Stage:
         if m.chat_template != "chatml":
             raise ConfigError(f"model.chat_template must be \"\" or \"chatml\", got {m.chat_template!r}")
         model.cfg.lm.chat_template = tokenizer.chat_template = CHATML_TEMPLATE
-    if m.image_row_separator is not None:
-        model.cfg.image_row_separator = m.image_row_separator
+    layout = {k: getattr(m, k) for k in ("image_row_separator", "image_positions") if getattr(m, k) is not None}
+    if layout:
         try:
-            if m.image_row_separator:
-                model.cfg.image_grid()
+            replace(model.cfg, **layout)  # checks them as loading the saved config will
         except ValueError as e:
-            raise ConfigError(f"model.image_row_separator: {e}") from None
+            raise ConfigError(f"model.{' and model.'.join(layout)}: {e}") from None
+        for k, v in layout.items():
+            setattr(model.cfg, k, v)
     if m.position_words is not None:
         set_position_words(model, tokenizer, m.position_words)
     if m.vision_init:
@@ -236,8 +237,9 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
     if cfg.train.gradient_checkpointing:
         raise ConfigError("train.gradient_checkpointing is for the VLM stages (it recomputes the LM's decoder layers)")
     m = cfg.model
-    if m.position_words is not None:
-        raise ConfigError("model.position_words is for the VLM stages (a dual encoder has no connector)")
+    for k in ("position_words", "image_row_separator", "image_positions"):
+        if getattr(m, k) is not None:
+            raise ConfigError(f"model.{k} is for the VLM stages (a dual encoder has no connector and no LM)")
     if m.init:
         model = DualEncoder.from_pretrained(m.init)
     else:
