@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from vlmkit.data.shapes import COLOUR_QUESTIONS, _colour_referents
+from vlmkit.files import write_text_atomic
 
 
 def conversation(row: dict, rng: random.Random) -> dict | None:
@@ -32,16 +33,9 @@ def conversation_of(row: dict, suffix: str, qa: list[tuple[str, str]]) -> dict:
     return {"id": f"{row['id']}-{suffix}", "image": row["image"], "conversations": turns}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """A half-written data file would train (or score) on part of the data: write beside it, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write(folder: Path, name: str, convs: list[dict], what: str) -> None:
-    """Write `convs` to folder/name atomically."""
-    write_atomic(folder / name, "".join(json.dumps(c) + "\n" for c in convs))
+    """Write `convs` to folder/name atomically: a half-written data file would train on part of the data."""
+    write_text_atomic(folder / name, "".join(json.dumps(c) + "\n" for c in convs))
     turns = sum(len(c["conversations"]) // 2 for c in convs)
     print(f"wrote {folder / name}: {len(convs)} conversations, {turns} {what}")
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from vlmkit.data.boxes import format_box
 from vlmkit.data.shapes import GROUNDING_QUESTIONS, _describe
+from vlmkit.files import write_text_atomic
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared writer in make_binding_data.py
-from make_binding_data import conversation_of, make, write_atomic  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # the shared conversation writer in make_binding_data.py
+from make_binding_data import conversation_of, make  # noqa: E402
 
 
 def questions(row: dict, rng: random.Random) -> list[tuple[str, str]]:
@@ -54,10 +55,10 @@ def write_eval_task(folder: Path, scenes: int | None) -> None:
     rng = random.Random(17)
     rows = [json.loads(line) for line in (folder / "truth.jsonl").read_text().splitlines() if line.strip()][:scenes]
     samples = [s for r in rows for s in eval_samples(r, rng)]
-    write_atomic(folder / "boxes.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    write_text_atomic(folder / "boxes.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
     spec = {"name": f"{folder.parent.name}-{folder.name}-boxes", "samples": "boxes.jsonl",
             "pass_bars": {"grounding": 0.8}, "max_new_tokens": 34}
-    write_atomic(folder / "boxes-task.json", json.dumps(spec, indent=2) + "\n")
+    write_text_atomic(folder / "boxes-task.json", json.dumps(spec, indent=2) + "\n")
     print(f"wrote {folder / 'boxes-task.json'}: {len(samples)} boxes of {len(rows)} scenes")
 
 

@@ -1,7 +1,5 @@
 """The harness end to end on a tiny random VLM: predictions, scoring, bars, exit codes, resume, reports."""
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 

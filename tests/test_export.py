@@ -1,7 +1,6 @@
 """vlmkit export: a half-precision copy of a model folder loads strictly and answers like the original."""
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors import safe_open
 from test_train_common import save_tiny_vlm

@@ -1,6 +1,5 @@
 """--resume continues exactly: stopping at step N and resuming gives the uninterrupted run's weights at step M."""
 import json
-import shutil
 
 import pytest
 import torch

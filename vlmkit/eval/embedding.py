@@ -31,6 +31,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ..files import write_text_atomic
 from ..search.metrics import KS, match_ranks
 from .harness import PREDICTIONS_FILE, EvalConfig, _row, missing_rows
 from .tasks import DUAL_ENCODER, TaskError, _bar, image_path, read_samples
@@ -222,9 +223,7 @@ def run_embedding_task(model, task: EmbeddingTaskSpec, samples: list[EmbedSample
     rows, records = (_retrieval if task.kind == RETRIEVAL else _zeroshot)(model, task, samples, cfg)
     rows += missing_rows(task, {r["name"] for r in rows})
     task_dir.mkdir(parents=True, exist_ok=True)
-    tmp = task_dir / f".{PREDICTIONS_FILE}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(task_dir / PREDICTIONS_FILE)
+    write_text_atomic(task_dir / PREDICTIONS_FILE, "".join(json.dumps(r) + "\n" for r in records))
     per_sample = [{"id": r["id"], "slice": r["slice"], "metric": r["metric"], "score": r["score"]} for r in records]
     return {"spec": str(task.spec_path or task.samples), "n": len(samples), "errors": 0, "slices": rows,
             "per_sample": per_sample}

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import VlmkitError
+from ..files import write_text_atomic
 from .metrics import evaluate
 from .tasks import DUAL_ENCODER, GENERATE, VLM, Sample, TaskSpec, check_model_kind, load_samples, select
 
@@ -108,9 +109,7 @@ def _prepare_run_dir(out: Path, manifest: dict, cfg: EvalConfig, task_names: lis
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_scores(path: Path) -> list[dict]:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import VlmkitError
+from ..files import write_text_atomic
 from .harness import PREDICTIONS_FILE, RESULTS_FILE, SCORES_FILE, read_predictions, read_scores
 from .metrics import CLASSIFICATION_METRICS
 from .metrics.pope import pope_label, yes_no
@@ -124,9 +125,7 @@ def write_report(run_dir: str | Path, results: dict | None = None, charts: bool 
                     lines.append(f"| {_cell(s['id'], 40)} | {s['score']:.3f} | {_cell(p['question'])} | "
                                  f"{_cell(' / '.join(p['answers'][:3]), 60)} | {_cell(shown)} |")
     path = run_dir / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import VisionConfig, _from_dict, to_dict
 from ..errors import ModelLoadError
+from ..files import atomic_path
 from .vision import VisionTower
 from .weights import expected_state, load_strict, read_model_dir_config, read_safetensors, save_safetensors
 
@@ -352,9 +353,8 @@ class DualEncoder(nn.Module):
         save_safetensors(self.state_to_save(), path / WEIGHTS_NAME, metadata={"format": "pt", "vlmkit": "1", "architecture": ARCHITECTURE})
         if self.cfg.text.weights == "checkpoint":
             self.text.save_tokenizer(path)
-        tmp = path / f".{CONFIG_NAME}.tmp"
-        self.cfg.save(tmp)
-        tmp.replace(path / CONFIG_NAME)
+        with atomic_path(path / CONFIG_NAME) as tmp:
+            self.cfg.save(tmp)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, text_tower: TextTower | None = None) -> "DualEncoder":

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import VLMConfig
 from ..errors import ModelLoadError
+from ..files import atomic_path
 from .connectors import build_connector
 from .fusion import build_fusion
 from .lm import LanguageModel
@@ -147,9 +148,8 @@ class VisionLanguageModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.state_to_save(), path / WEIGHTS_NAME, metadata={"format": "pt", "vlmkit": "1"})
-        tmp = path / f".{CONFIG_NAME}.tmp"
-        self.cfg.save(tmp)
-        tmp.replace(path / CONFIG_NAME)
+        with atomic_path(path / CONFIG_NAME) as tmp:
+            self.cfg.save(tmp)
         if tokenizer is not None and self.cfg.lm.weights == "checkpoint":
             tokenizer.save_pretrained(path)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..files import atomic_path
 
 
 def expected_state(module: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -28,16 +28,8 @@ def expected_state(module: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> di
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = (), source: str = "") -> None:

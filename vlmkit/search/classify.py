@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import VlmkitError
+from ..files import write_text_atomic
 
 REVIEW = "review"
 SINGLE_TEMPLATE = ("a photo of a {}.",)
@@ -47,10 +48,7 @@ class Thresholds:
     extra: dict = field(default_factory=dict)  # what calibration measured (precision, coverage, ...)
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Thresholds":

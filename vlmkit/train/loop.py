@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import VlmkitError
+from ..files import write_text_atomic
 from . import checkpoint as ckpt
 from . import distributed as dist_
 from .config import ConfigError, TrainConfig
@@ -326,9 +326,7 @@ def _drop_metrics_after(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 def _restore(path: Path, module, optimizer, state: RunState) -> None:

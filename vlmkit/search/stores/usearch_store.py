@@ -6,13 +6,12 @@ file and are renamed into place, so a crash never leaves half a graph.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import VlmkitError
+from ...files import atomic_path
 
 
 class UsearchStore:
@@ -77,15 +76,8 @@ class UsearchStore:
         if not self._dirty and self.path.is_file():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.index.save(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the index is an ordinary file
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(self.path) as tmp:
+            self.index.save(str(tmp))
         self._dirty = False
 
     def reset(self) -> None:
