@@ -1,6 +1,8 @@
 """Stage building: vision_init across resolutions, and the chat template a model carries."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_train_common import make_conversations, save_tiny_vlm, vlm_config
@@ -162,6 +164,31 @@ def test_row_separator_is_trained_with_and_saved(tmp_path):
     train(cfg)
     assert VLM.load(tmp_path / "run" / "final").cfg.image_layout == [4, "\n"] * 4
     assert VLM.load(tmp_path / "tiny-vlm").cfg.image_layout == 16  # the starting model is untouched
+
+
+def test_grid_positions_train_and_are_saved(tmp_path):
+    """model.image_positions="grid" reaches the training forward (the loss differs from sequence positions on the
+    same batch) and travels with the checkpoint; a recipe that asks for it with row separators is refused."""
+    from vlmkit.api import VLM
+    from vlmkit.train.config import ConfigError
+    from vlmkit.train.loop import train
+    from vlmkit.train.stages import build_vlm
+
+    cfg = vlm_config(tmp_path, **{"model": {"image_positions": "grid"}, "train": {"max_steps": 1}})
+    grid, plain = build_vlm(cfg), build_vlm(vlm_config(tmp_path, train={"max_steps": 1}))
+    row = {"image": "images/red.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is this?"},
+                                                         {"from": "gpt", "value": "red"}]}
+    batch = grid.collate([grid.encoder(row, tmp_path / "data")])
+    info = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    with torch.no_grad():
+        loss_grid, loss_plain = (s.loss(s.train_module, batch, info)[0] for s in (grid, plain))
+    assert abs(loss_grid.item() - loss_plain.item()) > 1e-4
+    train(cfg)
+    assert VLM.load(tmp_path / "run" / "final").cfg.image_positions == "grid"
+    assert VLM.load(tmp_path / "tiny-vlm").cfg.image_positions == "sequence"  # the starting model is untouched
+    bad = vlm_config(tmp_path, model={"image_positions": "grid", "image_row_separator": "\n"})
+    with pytest.raises(ConfigError, match="model.image_row_separator and model.image_positions: .*leave image_row_separator empty"):
+        build_vlm(bad)
 
 
 def test_position_words_come_from_the_lms_words_and_are_saved(tmp_path):
