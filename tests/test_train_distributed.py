@@ -151,3 +151,41 @@ def test_fsdp_two_processes_match_one(tmp_path, monkeypatch):
     import json
 
     assert [json.loads(l)["loss"] for l in la] == pytest.approx([json.loads(l)["loss"] for l in lb], abs=1e-5)
+
+
+def _fsdp_resume_worker(rank: int, port: int, tmp: str, resume: bool):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vlmkit.train.loop import train
+
+    cfg = _fsdp_tower_cfg(Path(tmp), "fsdp", batch=2)
+    if resume:
+        train(cfg, resume=True, progress=False)
+    else:
+        train(cfg, progress=False, max_steps_this_run=1)
+
+
+def _fsdp_tower_cfg(tmp: Path, run: str, batch: int):
+    cfg = _fsdp_cfg(tmp, run, batch)
+    cfg.vision.freeze = False  # the tower's last block has no gradient, so no Adam state, on every process
+    cfg.checkpoint.every = 1
+    return cfg
+
+
+def test_fsdp_resume_matches_one_uninterrupted_process(tmp_path, monkeypatch):
+    """Stopped after step 1 and resumed under FSDP, with stateless parameters in the checkpoint: the weights of one
+    process that was never stopped."""
+    from vlmkit.models.weights import read_safetensors
+    from vlmkit.train.loop import train
+
+    save_tiny_vlm(tmp_path / "vlm")
+    _data(tmp_path / "data")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    one = train(_fsdp_tower_cfg(tmp_path, "one", batch=4), progress=False)
+    _run_two(_fsdp_resume_worker, (_free_port(), str(tmp_path), False), timeout=120)
+    _run_two(_fsdp_resume_worker, (_free_port(), str(tmp_path), True), timeout=120)
+    a = read_safetensors(one.final_dir / "model.safetensors")
+    b = read_safetensors(tmp_path / "fsdp" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5

@@ -108,8 +108,9 @@ def _check_params(train_module, optimizer, state: dict, groups: list[dict]) -> l
     Returns the parameter names of each of the optimizer's groups, in its order."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    # names as torch's full optimizer state dict spells them (wrappers stripped), group by group, in the optimizer's order
-    now = get_optimizer_state_dict(train_module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # names as torch's optimizer state dicts spell them (wrappers stripped), group by group, in the optimizer's order;
+    # not the full state dict, which under FSDP would gather to (and come back on) the main process only
+    now = get_optimizer_state_dict(train_module, optimizer, options=StateDictOptions(full_state_dict=False))
     names = [list(g["params"]) for g in now["param_groups"]]
     trained_now = {n for g in names for n in g}
     trained_then = {n for g in groups for n in g["params"]}
