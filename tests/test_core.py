@@ -257,7 +257,7 @@ def test_row_separator_lays_out_the_token_grid_by_rows():
     cfg = tiny_vlm_config()  # 32 px, patch 8: a 4 x 4 grid, which the MLP connector keeps
     assert cfg.image_layout == 16
     cfg.image_row_separator = "\n"
-    assert cfg.image_grid() == (4, 4)
+    assert cfg.image_grid("image_row_separator") == (4, 4)
     assert cfg.image_layout == [4, "\n"] * 4
     again = VLMConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again.image_layout == [4, "\n"] * 4

@@ -272,8 +272,9 @@ class VLMConfig:
         if self.image_positions == "grid":
             self.image_grid("image_positions='grid'")
 
-    def image_grid(self, why: str = "image_row_separator") -> tuple[int, int]:
-        """(rows, cols) of the visual tokens of one image; only connectors that keep the patch grid have one."""
+    def image_grid(self, why: str) -> tuple[int, int]:
+        """(rows, cols) of the visual tokens of one image; only connectors that keep the patch grid have one.
+        `why` names the setting that needs the grid, for the error."""
         n = self.image_seq_len
         side = math.isqrt(n)
         if (self.fusion.kind != "none" or self.connector.kind in ("qformer", "perceiver") or side * side != n
@@ -288,7 +289,7 @@ class VLMConfig:
         [cols, sep, cols, sep, ...] (text pieces and runs of visual tokens, as processing/chat.py takes)."""
         if not self.image_row_separator:
             return self.image_seq_len
-        rows, cols = self.image_grid()
+        rows, cols = self.image_grid("image_row_separator")
         return [cols, self.image_row_separator] * rows
 
     @property

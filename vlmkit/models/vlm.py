@@ -73,7 +73,8 @@ class VisionLanguageModel(nn.Module):
         if self.cfg.image_positions == "grid":
             from .rope2d import grid_position_ids
 
-            return grid_position_ids(input_ids, attention_mask, self.cfg.image_token_id, self.cfg.image_grid())
+            return grid_position_ids(input_ids, attention_mask, self.cfg.image_token_id,
+                                     self.cfg.image_grid("image_positions='grid'"))
         if attention_mask is None:
             return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
