@@ -195,6 +195,33 @@ def test_feature_layer_and_cls_selection():
     assert keep.cfg.num_tokens == 5
 
 
+def _modules(names: list[str]) -> set[str]:
+    """parameter names -> the modules holding them, cut to three dotted levels ("model.blocks.2")"""
+    return {".".join(n.split(".")[:-1][:3]) for n in names}
+
+
+def test_unused_by_features_names_what_the_connector_never_reads():
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
+
+    vit = dict(image_size=16, patch_size=8, hidden_size=8, num_layers=3, num_heads=2)
+    tower = VisionTower(VisionConfig(**vit))
+    assert _modules(tower.unused_by_features()) == {"model.blocks.2", "model.norm"}
+    assert all(p.requires_grad for p in tower.parameters())  # the probe leaves the flags as it found them
+    tower.requires_grad_(False)
+    assert len(tower.unused_by_features()) == 14 and not any(p.requires_grad for p in tower.parameters())
+    assert _modules(VisionTower(VisionConfig(**vit, feature_layer=-1)).unused_by_features()) == {"model.norm"}
+    assert VisionTower(VisionConfig(**vit, feature_layer=None)).unused_by_features() == []
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
+    clip = VisionTower(VisionConfig(kind="hf_clip", hf_config=CLIPVisionConfig(**small).to_dict()))
+    unused = clip.unused_by_features()
+    # the last layer (past the penultimate) and CLIP's post-norm, which transformers applies to the pooled CLS only
+    assert {n for n in unused if not n.startswith(("model.encoder.layers.2.", "model.post_layernorm."))} == set()
+    assert len(unused) == 18 and "model.post_layernorm.weight" in unused
+    siglip = VisionTower(VisionConfig(kind="hf_siglip", hf_config=SiglipVisionConfig(**small).to_dict(), feature_layer=None))
+    unused = siglip.unused_by_features()
+    assert len(unused) == 11 and all(n.startswith("model.head.") for n in unused)  # the attention-pooling head
+
+
 def test_hf_clip_and_siglip_towers_select_layers():
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 

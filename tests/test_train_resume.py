@@ -25,8 +25,7 @@ def _cfg(tmp_path, run, **extra):
 VARIANTS = {
     "full": {},
     "lora": {"lora": {"enabled": True, "dropout": 0.1}, "data": {"num_workers": 2}},
-    # the connector reads the tower's penultimate layer, so its last block never gets a gradient and has no Adam
-    # state to save: the resume must accept that, not demand state the uninterrupted run never had either
+    # the connector reads the tower's penultimate layer, so its last block can get no gradient: left out of training
     "tower": {"vision": {"freeze": False}},
 }
 
@@ -94,3 +93,24 @@ def test_resume_refuses_a_run_that_trains_other_parameters(tmp_path):
     changed = _cfg(tmp_path, "cut", vision={"freeze": False})
     with pytest.raises(ckpt.CheckpointError, match="freeze flag"):
         train(changed, resume=True, progress=False)
+
+
+def test_resume_from_a_run_that_kept_the_unread_block_in_its_optimizer(tmp_path, monkeypatch):
+    """Runs before session 15 put the tower's unread last block in the optimizer, where it stayed without Adam state.
+    Resuming one now (the block left out) continues as the uninterrupted run does."""
+    from vlmkit.models.vision import VisionTower
+
+    tower = {"vision": {"freeze": False}}
+    whole = train(_cfg(tmp_path, "whole", **tower), progress=False)
+    cut = _cfg(tmp_path, "cut", **tower)
+    with monkeypatch.context() as m:
+        m.setattr(VisionTower, "unused_by_features", lambda self: [])
+        train(cut, progress=False, max_steps_this_run=STOP)
+    saved = ckpt.latest(tmp_path / "cut" / "checkpoints")
+    groups = json.loads((saved / "state.json").read_text())["optimizer"]["param_groups"]
+    listed = {n for g in groups for n in g["params"]}
+    assert "vision.model.norm.weight" in listed  # the old layout: the tower's unread final norm in the optimizer
+    second = train(cut, resume=True, progress=False)
+    a = read_safetensors(whole.final_dir / "model.safetensors")
+    b = read_safetensors(second.final_dir / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

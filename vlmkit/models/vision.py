@@ -86,18 +86,22 @@ class ViT(nn.Module):
             x = torch.cat([cls, x], dim=1)  # [B, 1 + N_patches, D]
         return x
 
-    def forward(self, pixel_values: torch.Tensor, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, pixel_values: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                num_blocks: int | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """Returns (final normed output, hidden_states) with hidden_states[0] = embeddings."""
-        return self.run_blocks(self.embed(pixel_values), attn_mask)
+        return self.run_blocks(self.embed(pixel_values), attn_mask, num_blocks)
 
-    def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   num_blocks: int | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """num_blocks: stop after that many blocks (a connector that reads an earlier layer needs no more); the final
+        normed output is then None."""
         hidden_states = [x]
-        for blk in self.blocks:
+        for blk in self.blocks[:num_blocks]:
             x = blk(x, attn_mask)
             hidden_states.append(x)
-        return self.norm(x), hidden_states
+        return (self.norm(x) if len(hidden_states) == len(self.blocks) + 1 else None), hidden_states
 
-    def forward_packed(self, images: list[torch.Tensor], max_len: int | None = None):
+    def forward_packed(self, images: list[torch.Tensor], max_len: int | None = None, num_blocks: int | None = None):
         """NaViT (Dehghani et al. 2023): images of any size, no padding to a square.
 
         images: [3, H_i, W_i] each, sides multiples of the patch size. Each image becomes
@@ -120,7 +124,7 @@ class ViT(nn.Module):
         pad = seg == -1
         # padding slots attend only to themselves: a row of all-False would give NaN in softmax
         mask = mask & ~pad.unsqueeze(-1) | torch.diag_embed(pad)
-        final, hidden_states = self.run_blocks(x, mask.unsqueeze(1))  # mask [P, 1, L, L] broadcasts over heads
+        final, hidden_states = self.run_blocks(x, mask.unsqueeze(1), num_blocks)  # mask [P, 1, L, L] broadcasts over heads
         return final, hidden_states, spans
 
 
@@ -189,16 +193,22 @@ class VisionTower(nn.Module):
         self.cfg = cfg
         self.model = ViT(cfg) if cfg.kind == "vit" else _build_hf_tower(cfg)
 
-    def _run(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _feature_index(self) -> int | None:
+        """cfg.feature_layer as an index from the front of hidden_states, which is also how many blocks our ViT must
+        run to reach it (None: all of them, and the final norm)."""
+        f = self.cfg.feature_layer
+        return None if f is None else range(self.cfg.num_layers + 1)[f]
+
+    def _run(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         if self.cfg.kind == "vit":
-            return self.model(pixel_values)
+            return self.model(pixel_values, num_blocks=self._feature_index())
         out = self.model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
         return out.last_hidden_state, list(out.hidden_states)
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, N_tokens, D_vision], from cfg.feature_layer (penultimate by default)."""
         final, hidden_states = self._run(pixel_values)
-        x = final if self.cfg.feature_layer is None else hidden_states[self.cfg.feature_layer]
+        x = final if self.cfg.feature_layer is None else hidden_states[self._feature_index()]
         if self.cfg.use_cls and not self.cfg.keep_cls:
             x = x[:, 1:]  # drop CLS, as LLaVA's "default" select strategy does
         return x
@@ -207,8 +217,8 @@ class VisionTower(nn.Module):
         """Native resolution (our ViT only): [3, H_i, W_i] each -> [N_i, D_vision] each, packed NaViT-style."""
         if self.cfg.kind != "vit":
             raise ValueError(f"packed native-resolution encoding needs our ViT (vision.kind='vit'), not {self.cfg.kind!r}")
-        final, hidden_states, spans = self.model.forward_packed(images, max_len)
-        x = final if self.cfg.feature_layer is None else hidden_states[self.cfg.feature_layer]  # [P, L, D]
+        final, hidden_states, spans = self.model.forward_packed(images, max_len, self._feature_index())
+        x = final if self.cfg.feature_layer is None else hidden_states[self._feature_index()]  # [P, L, D]
         skip = int(self.cfg.use_cls and not self.cfg.keep_cls)
         return [x[row, start + skip:end] for row, start, end in spans]
 
@@ -220,5 +230,25 @@ class VisionTower(nn.Module):
         out = self.model(pixel_values=pixel_values, return_dict=True)
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
+
+    def unused_by_features(self) -> list[str]:
+        """Names of the parameters that forward_features never reads: the blocks after cfg.feature_layer, a final
+        norm, a pooling head. Found by autograd on one blank image rather than listed per tower kind, so it holds
+        for ours and every transformers tower alike. A VLM's trainer leaves these out of the optimizer: they would get
+        no gradient, which DDP refuses."""
+        named = list(self.named_parameters())
+        was = [p.requires_grad for _, p in named]
+        p0 = named[0][1]
+        try:
+            for _, p in named:
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                x = torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size, device=p0.device, dtype=p0.dtype)
+                out = self.forward_features(x)  # [1, N_tokens, D_vision]
+                grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
+        finally:
+            for (_, p), w in zip(named, was):
+                p.requires_grad_(w)
+        return [n for (n, _), g in zip(named, grads) if g is None]
 
     forward = forward_features

@@ -89,7 +89,7 @@ def load_optimizer_state(train_module, optimizer, tensors: dict[str, torch.Tenso
         name, _, k = key.rpartition("/")
         state.setdefault(name, {})[k] = v
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    now = _check_params(train_module, optimizer, state, groups)
+    now, groups = _check_params(train_module, optimizer, state, groups)
     # strict=False lets through the stateless parameters that _check_params has just accounted for
     set_optimizer_state_dict(train_module, optimizer, {"state": state, "param_groups": groups},
                              options=StateDictOptions(full_state_dict=True, strict=False))
@@ -101,11 +101,13 @@ def load_optimizer_state(train_module, optimizer, tensors: dict[str, torch.Tenso
                 optimizer.state.pop(p, None)
 
 
-def _check_params(train_module, optimizer, state: dict, groups: list[dict]) -> list[list[str]]:
-    """A trainable parameter that has had no gradient yet has no Adam state (a tower block after the layer the
-    connector reads, say), and stays stateless on resume. Anything else that does not line up (a parameter trained
-    now but not then, state for one the run does not train) means the checkpoint is not this run's: an error.
-    Returns the parameter names of each of the optimizer's groups, in its order."""
+def _check_params(train_module, optimizer, state: dict, groups: list[dict]) -> tuple[list[list[str]], list[dict]]:
+    """A trainable parameter that has had no gradient yet has no Adam state, and stays stateless on resume. One
+    with no state that this run does not train at all is dropped from the checkpoint's groups: runs before session
+    15 kept a tower's unread blocks (after the layer the connector reads) in the optimizer, which now leaves them
+    out, and without state they were never changed. Anything else that does not line up (a parameter trained now but
+    not then, state for one the run does not train) means the checkpoint is not this run's: an error.
+    Returns the parameter names of each of the optimizer's groups, in its order, and the checkpoint's groups."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     # names as torch's optimizer state dicts spell them (wrappers stripped), group by group, in the optimizer's order;
@@ -113,6 +115,10 @@ def _check_params(train_module, optimizer, state: dict, groups: list[dict]) -> l
     now = get_optimizer_state_dict(train_module, optimizer, options=StateDictOptions(full_state_dict=False))
     names = [list(g["params"]) for g in now["param_groups"]]
     trained_now = {n for g in names for n in g}
+    never_moved = {n for g in groups for n in g["params"]} - trained_now - set(state)
+    if never_moved:
+        groups = [{**g, "params": [n for n in g["params"] if n not in never_moved]} for g in groups]
+        groups = [g for g in groups if g["params"]]
     trained_then = {n for g in groups for n in g["params"]}
     if trained_now != trained_then:
         diff = sorted(trained_now ^ trained_then)
@@ -122,7 +128,7 @@ def _check_params(train_module, optimizer, state: dict, groups: list[dict]) -> l
     if unknown:
         raise CheckpointError(f"the checkpoint has optimizer state for {len(unknown)} parameters it does not train, "
                               f"e.g. {unknown[:3]}")
-    return names
+    return names, groups
 
 
 # ---- write / find / prune ----

@@ -42,6 +42,7 @@ class Stage:
     shard_layers: list | None = None  # FSDP units
     loss_is_global: bool = False  # True when every process computes the loss of the whole global batch
     save_keys: list | None = None  # the names save_pretrained writes (set by the loop before wrapping)
+    unread: tuple[str, ...] = ()  # parameters the loss never reaches (a tower's blocks past the layer the VLM reads)
 
 
 # ---- building ----
@@ -98,7 +99,9 @@ def build_vlm(cfg: TrainConfig) -> Stage:
     pad = pad_id(tokenizer)
     towers = {"vision": ["vision."], "connector": ["connector.", "fusion."], "lm": ["lm."]}
     layers = _decoder_layers(model)
-    return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers)
+    # the VLM reads the tower at feature_layer, so what comes after it never gets a gradient: kept out of training
+    unread = () if cfg.vision.freeze else tuple("vision." + n for n in model.vision.unused_by_features())
+    return Stage(model, model, encoder, LMCollator(pad), _vlm_loss, towers, tokenizer, layers, unread=unread)
 
 
 def word_vectors(model, tokenizer, phrases: list[str]) -> torch.Tensor:
@@ -306,6 +309,13 @@ def param_groups(stage: Stage, cfg: TrainConfig) -> tuple[list[dict], dict[str, 
             trainable = [n for n in names if ".lora_" in n]  # the base stays as peft froze it
         else:
             trainable = names
+        unread = [n for n in trainable if n in stage.unread]
+        if unread:
+            log.info("%s: %d parameters (%s ...) feed nothing the loss reads; not trained", tower, len(unread),
+                     ", ".join(unread[:2]))
+            trainable = [n for n in trainable if n not in stage.unread]
+            for n in unread:
+                named[n].requires_grad_(False)
         for n in trainable:
             named[n].requires_grad_(True)
         decay = [named[n] for n in trainable if named[n].ndim >= 2]
