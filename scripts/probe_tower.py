@@ -8,7 +8,9 @@ For each scene of data/shapes/train (ground truth in truth.jsonl), logistic-regr
   column@token, row@token  which of the grid's columns (rows) a token sits in, from that token alone, for 4 random
                 tokens a scene: how much of its own place each token carries in its content, which is all an LM
                 that reads the tokens in raster order gets of a column (the row also follows from the order)
-trained on the first 450 scenes and scored on the next 150, against the majority class. This is how
+trained on the first 450 scenes and scored on the next 150, against the majority class. With --connector the
+probes read a VLM's visual tokens instead (the connector's output, what the LM receives; 8 x 8 for vlmkit-smol):
+  .venv/bin/python scripts/probe_tower.py --connector weights/vlmkit-smol This is how
 the vlmkit-smol failure was located: the tower reads colour at 98%, yet the VLM on top answered colour
 questions at 17%, so the loss was in the connector and the LM, not in the tower.
 """
@@ -38,20 +40,32 @@ def tower(src: Path, image_size: int):
     return holder.vision.eval(), vcfg
 
 
-def features(vision, vcfg, rows: list[dict], root: Path):
+def visual_tokens(src: Path):
+    """What the LM of a vlmkit VLM dir receives: the connector's tokens, as (encode, vision config, grid side)."""
+    from vlmkit.models.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel.from_pretrained(src).eval()
+    rows, cols = model.cfg.image_grid("the --connector probe")
+    assert rows == cols, (rows, cols)
+    return model.encode_images, model.cfg.vision, rows
+
+
+def features(encode, vcfg, g: int, rows: list[dict], root: Path):
+    """encode: pixels [B, 3, S, S] -> tokens [B, g * g, D] in raster order."""
     from PIL import Image
 
     from vlmkit.processing.images import ImageProcessor
 
     proc = ImageProcessor.from_vision_config(vcfg)
-    g, p, scale = vcfg.grid_size, vcfg.patch_size, vcfg.image_size
+    scale = vcfg.image_size
+    p = scale / g  # pixels a token covers, each way
     at_patch, pooled, own, place = [], [], [], []
     pick = np.random.default_rng(0)
     for i in range(0, len(rows), 50):
         chunk = rows[i:i + 50]
         px = proc([Image.open(root / r["image"]).convert("RGB") for r in chunk])
         with torch.no_grad():
-            f = vision.forward_features(px)  # [B, N_patches, D_v]
+            f = encode(px)  # [B, g * g, D]
         for r, fi in zip(chunk, f):
             o = r["truth"]["objects"][0]
             w, h = r["truth"]["size"]
@@ -74,14 +88,21 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--n-train", type=int, default=450)
     ap.add_argument("--n-test", type=int, default=150)
+    ap.add_argument("--connector", action="store_true",
+                    help="probe a VLM's visual tokens (the connector's output, what the LM reads) instead of its tower's")
     a = ap.parse_args()
     rows = [json.loads(l) for l in a.truth.read_text().splitlines() if l.strip()][:a.n_train + a.n_test]
     colour = [r["truth"]["objects"][0]["colour"] for r in rows]
     count = [len(r["truth"]["objects"]) for r in rows]
-    print("| tower | probe | accuracy | majority class |\n|---|---|---:|---:|")
+    print(f"| {'visual tokens of' if a.connector else 'tower'} | probe | accuracy | majority class |\n|---|---|---:|---:|")
     for src in a.models:
-        vision, vcfg = tower(src, a.image_size)
-        at_patch, pooled, own, place = features(vision, vcfg, rows, a.truth.parent)
+        if a.connector:
+            encode, vcfg, g = visual_tokens(src)
+        else:
+            vision, vcfg = tower(src, a.image_size)
+            encode, g = vision.forward_features, vcfg.grid_size
+        with torch.no_grad():
+            at_patch, pooled, own, place = features(encode, vcfg, g, rows, a.truth.parent)
         n_tokens = PLACE_TOKENS * a.n_train  # each scene's tokens are consecutive rows: the split stays by scene
         for name, x, y, n_train in (("colour@patch", at_patch, colour, a.n_train), ("count@mean", pooled, count, a.n_train),
                                     ("column@token", own, place[:, 1], n_tokens),
