@@ -63,8 +63,8 @@ bash scripts/make_shape_shards.sh 8 5000 data/shapes-shards
 train recipes/vlmkit-smol-e2e.toml runs/vlmkit-smol-e2e
 train recipes/vlmkit-smol-e2e-more.toml runs/vlmkit-smol-e2e-more
 # stage 3c: abstain on charts and words (not yet trained to read them) while the shape skills keep their share
-make charts train data/charts400/train --n 400
-make text train data/text400/train --n 400
+make charts train data/charts400/train --n 400 --size 224
+make text train data/text400/train --n 400 --size 224
 for d in charts400 text400; do
   [ -f data/$d/train/abstain.jsonl ] || .venv/bin/python scripts/make_abstain_data.py data/$d/train
 done
