@@ -10,8 +10,8 @@ For each scene of data/shapes/train (ground truth in truth.jsonl), logistic-regr
                 that reads the tokens in raster order gets of a column (the row also follows from the order)
 trained on the first 450 scenes and scored on the next 150, against the majority class. With --connector the
 probes read a VLM's visual tokens instead (the connector's output, what the LM receives; 8 x 8 for vlmkit-smol):
-  .venv/bin/python scripts/probe_tower.py --connector weights/vlmkit-smol This is how
-the vlmkit-smol failure was located: the tower reads colour at 98%, yet the VLM on top answered colour
+  .venv/bin/python scripts/probe_tower.py --connector weights/vlmkit-smol
+The tower probes located the early vlmkit-smol failure: the tower reads colour at 98%, yet the VLM on top answered colour
 questions at 17%, so the loss was in the connector and the LM, not in the tower.
 """
 from __future__ import annotations
@@ -101,8 +101,7 @@ def main() -> None:
         else:
             vision, vcfg = tower(src, a.image_size)
             encode, g = vision.forward_features, vcfg.grid_size
-        with torch.no_grad():
-            at_patch, pooled, own, place = features(encode, vcfg, g, rows, a.truth.parent)
+        at_patch, pooled, own, place = features(encode, vcfg, g, rows, a.truth.parent)
         n_tokens = PLACE_TOKENS * a.n_train  # each scene's tokens are consecutive rows: the split stays by scene
         for name, x, y, n_train in (("colour@patch", at_patch, colour, a.n_train), ("count@mean", pooled, count, a.n_train),
                                     ("column@token", own, place[:, 1], n_tokens),
