@@ -114,3 +114,22 @@ def test_resume_from_a_run_that_kept_the_unread_block_in_its_optimizer(tmp_path,
     a = read_safetensors(whole.final_dir / "model.safetensors")
     b = read_safetensors(second.final_dir / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_a_trained_parameter_without_adam_state_stays_without_it_on_resume(tmp_path, monkeypatch):
+    """A parameter in the optimizer that has had no gradient by the checkpoint has no Adam state; torch gives it
+    zeroed state on loading, which must be dropped again so that its first gradient counts as Adam's step 1. Here
+    the tower's unread block is kept in the optimizer (as before session 15) in both runs, so it never has state."""
+    from vlmkit.models.vision import VisionTower
+
+    monkeypatch.setattr(VisionTower, "unused_by_features", lambda self: [])
+    tower = {"vision": {"freeze": False}}
+    whole = train(_cfg(tmp_path, "whole", **tower), progress=False)
+    cut = _cfg(tmp_path, "cut", **tower)
+    train(cut, progress=False, max_steps_this_run=STOP)
+    second = train(cut, resume=True, progress=False)
+    a = read_safetensors(whole.final_dir / "model.safetensors")
+    b = read_safetensors(second.final_dir / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    ob = read_safetensors(tmp_path / "cut" / "checkpoints" / f"step-{STEPS:08d}" / "optimizer.safetensors")
+    assert not any(k.startswith("vision.model.norm.") for k in ob)  # still stateless after the resume
