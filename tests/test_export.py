@@ -53,3 +53,28 @@ def test_notice_travels_with_the_weights_and_the_demo_prints_it(tmp_path, capsys
     assert printed.splitlines()[1] == "NOTE: misses every bar; see MODEL_CARD.md"
     assert main(["demo", "--model", str(src), "--max-tokens", "1"]) == 0
     assert "NOTE" not in capsys.readouterr().out
+
+
+def test_an_interrupted_export_leaves_no_folder_and_an_empty_target_is_filled(tmp_path, monkeypatch, capsys):
+    """The export is built beside the target and renamed in: a failure half-way leaves nothing that looks like a
+    model folder, and no hidden partial folder either."""
+    import shutil
+
+    src = save_tiny_vlm(tmp_path / "src")
+    real_copy = shutil.copyfile
+
+    def failing_copy(a, b, *args, **kw):
+        if str(a).endswith("config.json"):
+            raise OSError(28, "No space left on device")
+        return real_copy(a, b, *args, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", failing_copy)
+    assert main(["export", str(src), "--out", str(tmp_path / "half")]) == 1
+    assert capsys.readouterr().err.strip() == "vlmkit: error: [Errno 28] No space left on device"
+    assert not (tmp_path / "half").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(src), "--out", str(tmp_path / "empty")]) == 0
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "empty").iterdir()}
+    assert VisionLanguageModel.from_pretrained(tmp_path / "empty").cfg == VisionLanguageModel.from_pretrained(src).cfg

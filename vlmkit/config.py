@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .files import write_text_atomic
+
 VISION_KINDS = ("vit", "hf_clip", "hf_siglip", "hf_idefics3")
 CONNECTOR_KINDS = ("linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "perceiver", "cabstractor")
 # Connectors whose output length is fixed: (default num_queries, default num_layers), from the papers.
@@ -308,9 +310,7 @@ class VLMConfig:
         return _from_dict(cls, d)
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
-            f.write("\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "VLMConfig":

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except VlmkitError as e:
         print(f"vlmkit: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a vanished file: the message says it all; --verbose keeps the traceback
+        if args.verbose:
+            raise
+        print(f"vlmkit: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vlmkit: interrupted", file=sys.stderr)
         return 130

@@ -8,7 +8,9 @@ in accuracy for these small towers (recorded in the file's metadata as stored_dt
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -36,17 +38,26 @@ def export(src: Path, out: Path, dtype: str = "float16", notice: str | None = No
         raise ModelLoadError(f"{src} is not a model folder: it needs config.json and model.safetensors")
     if out.exists() and any(out.iterdir()):
         raise ModelLoadError(f"{out} exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    want = getattr(torch, dtype)
-    tensors = {k: (v.to(want) if v.is_floating_point() else v) for k, v in read_safetensors(src / "model.safetensors").items()}
-    save_safetensors(tensors, out / "model.safetensors", metadata={"format": "pt", "vlmkit": "1", "stored_dtype": dtype})
-    for name in COPIED:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, out / name)
-    if notice is not None:
-        cfg = json.loads((out / "config.json").read_text())
-        cfg["notice"] = notice
-        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built in a hidden sibling and renamed into place, so that an interrupted export never leaves weights without
+    # their config (or a config without its notice) where a model folder is expected.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        want = getattr(torch, dtype)
+        tensors = {k: (v.to(want) if v.is_floating_point() else v)
+                   for k, v in read_safetensors(src / "model.safetensors").items()}
+        save_safetensors(tensors, tmp / "model.safetensors", metadata={"format": "pt", "vlmkit": "1", "stored_dtype": dtype})
+        for name in COPIED:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        if notice is not None:
+            cfg = json.loads((tmp / "config.json").read_text())
+            cfg["notice"] = notice
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.replace(tmp, out)  # an empty `out` is replaced too (rename(2) allows an empty target folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

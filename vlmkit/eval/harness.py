@@ -313,8 +313,7 @@ def run_eval(model, tasks: list[TaskSpec], out_dir: str | Path, cfg: EvalConfig 
     for task in tasks:
         scored = _run_task(model, task, out / task.name, cfg)
         per_sample = scored.pop("per_sample")
-        with open(out / task.name / SCORES_FILE, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in per_sample)
+        write_text_atomic(out / task.name / SCORES_FILE, "".join(json.dumps(r) + "\n" for r in per_sample))
         results["tasks"][task.name] = scored
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results["failures"] = failures(results)

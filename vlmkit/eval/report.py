@@ -167,8 +167,8 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out_dir: str | Path) 
     out.mkdir(parents=True, exist_ok=True)
     label_a, label_b = Path(run_a).name, Path(run_b).name
     png = compare_chart(rows, label_a, label_b, out / "compare.png")
-    (out / "compare.json").write_text(json.dumps({"a": str(run_a), "b": str(run_b), "rows": rows}, indent=2) + "\n")
+    write_text_atomic(out / "compare.json", json.dumps({"a": str(run_a), "b": str(run_b), "rows": rows}, indent=2) + "\n")
     md = [f"# {label_a} (A) against {label_b} (B)", "", comparison_markdown(rows, label_a, label_b), "", f"![comparison]({png.name})", ""]
     path = out / "compare.md"
-    path.write_text("\n".join(md))
+    write_text_atomic(path, "\n".join(md))
     return path

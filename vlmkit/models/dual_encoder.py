@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import VisionConfig, _from_dict, to_dict
 from ..errors import ModelLoadError
-from ..files import atomic_path
+from ..files import write_text_atomic
 from .vision import VisionTower
 from .weights import expected_state, load_strict, read_model_dir_config, read_safetensors, save_safetensors
 
@@ -112,7 +112,7 @@ class DualEncoderConfig:
         return _from_dict(cls, d)
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DualEncoderConfig":
@@ -353,8 +353,7 @@ class DualEncoder(nn.Module):
         save_safetensors(self.state_to_save(), path / WEIGHTS_NAME, metadata={"format": "pt", "vlmkit": "1", "architecture": ARCHITECTURE})
         if self.cfg.text.weights == "checkpoint":
             self.text.save_tokenizer(path)
-        with atomic_path(path / CONFIG_NAME) as tmp:
-            self.cfg.save(tmp)
+        self.cfg.save(path / CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, text_tower: TextTower | None = None) -> "DualEncoder":

@@ -11,7 +11,6 @@ from torch import nn
 
 from ..config import VLMConfig
 from ..errors import ModelLoadError
-from ..files import atomic_path
 from .connectors import build_connector
 from .fusion import build_fusion
 from .lm import LanguageModel
@@ -149,8 +148,7 @@ class VisionLanguageModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.state_to_save(), path / WEIGHTS_NAME, metadata={"format": "pt", "vlmkit": "1"})
-        with atomic_path(path / CONFIG_NAME) as tmp:
-            self.cfg.save(tmp)
+        self.cfg.save(path / CONFIG_NAME)
         if tokenizer is not None and self.cfg.lm.weights == "checkpoint":
             tokenizer.save_pretrained(path)
 

@@ -132,7 +132,7 @@ def _train(cfg: TrainConfig, info: dist_.DistInfo, resume: bool, progress: bool,
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        write_text_atomic(run_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
         log.info("trainable parameters: %s", {k: f"{v:,}" for k, v in counts.items()})
     metrics_path = run_dir / "metrics.jsonl"
     if start_ckpt is not None and info.is_main:
@@ -203,7 +203,7 @@ def _train(cfg: TrainConfig, info: dist_.DistInfo, resume: bool, progress: bool,
     final_dir = _export(cfg, stage, run_dir, info, module) if finished else None
     summary = _summary(state, total, finished, final_dir)
     if info.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return RunResult(run_dir, state, final_dir, summary)
 
 
