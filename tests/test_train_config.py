@@ -89,3 +89,39 @@ def test_data_globs_expand_in_sorted_order_and_resolve_images_per_shard(tmp_path
     assert recs.roots == [(tmp_path / "s0").resolve(), (tmp_path / "s1").resolve(), (tmp_path / "s1").resolve()]
     with pytest.raises(ConfigError, match="nothing matches"):
         load_records([str(tmp_path / "t*" / "captions.jsonl")])
+
+
+def _recipe_commands():
+    """Every recipe, with each `vlmkit train RECIPE --set ...` line its header documents (and the bare recipe)."""
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cases = []
+    for path in sorted((root / "recipes").rglob("*.toml")):
+        rel = path.relative_to(root)
+        cases.append((str(rel), []))
+        for line in path.read_text().splitlines():
+            words = shlex.split(line.lstrip("# ")) if line.startswith("#") and f"train {rel}" in line else []
+            if "--set" in words:
+                cases.append((str(rel), [words[i + 1] for i, w in enumerate(words) if w == "--set"]))
+    return root, cases
+
+
+@pytest.mark.parametrize("rel, overrides", _recipe_commands()[1], ids=lambda v: v if isinstance(v, str) else ",".join(v))
+def test_every_recipe_and_its_documented_overrides_parse(rel, overrides):
+    """A renamed config key must not leave a recipe (or the command in its header) that fails only when a GPU run
+    starts; the scripts a recipe's header runs must exist."""
+    import re
+
+    from vlmkit.config import VLMConfig
+
+    root = _recipe_commands()[0]
+    cfg = load_config(root / rel, overrides)
+    spec = cfg.model
+    if spec.image_positions is not None or spec.image_row_separator is not None:
+        # VLMConfig checks these values and their combinations
+        VLMConfig(image_positions=spec.image_positions or "sequence", image_row_separator=spec.image_row_separator or "")
+    for script in re.findall(r"scripts/[\w./-]+\.(?:py|sh)", (root / rel).read_text()):
+        if "$" not in script and "{" not in script:
+            assert (root / script).is_file(), f"{rel} names {script}, which does not exist"
