@@ -50,12 +50,18 @@ class ShapesConfig:
     gap: float = 0.03  # smallest gap between two boxes, as a fraction of the side
     margin: float = 0.05  # from the frame
     clear: float = 0.1  # a spatial relation is asked only when centres differ by this fraction of the side
+    # k > 0: each scene's shapes come from k kinds of shape in k colours. Scenes drawn from all 80 kinds almost never
+    # hold three of one shape or colour (4% of the per-kind counting turns are 3 or more), so "how many squares?" with
+    # the answer 3 goes unlearned; k = 2 makes such counts common (scripts/make_crowded_counting_data.py).
+    few_kinds: int = 0
 
     def __post_init__(self):
         if self.size < 32:  # below this, pixel rounding eats the gaps between cells
             raise ValueError(f"size must be at least 32 pixels for shapes, not {self.size}")
         if not 1 <= self.min_objects <= self.max_objects <= 8:
             raise ValueError("objects must be within 1..8")
+        if self.few_kinds and not (2 <= self.few_kinds <= len(SHAPES) and 2 * self.few_kinds ** 2 >= self.min_objects):
+            raise ValueError(f"few_kinds must be 0 or 2..{len(SHAPES)}, with room for min_objects distinct objects")
         # one object per 3x3 cell: the largest must fit its cell with half a gap each side and the frame margin
         largest = SIZES["large"][1]
         if 2 * largest + self.gap / 2 + max(self.gap / 2, self.margin) > 1 / 3:
@@ -74,7 +80,14 @@ class ShapesGenerator:
     def spec(self, rng: random.Random) -> dict:
         while True:
             n = rng.randint(self.cfg.min_objects, self.cfg.max_objects)
-            kinds = rng.sample(KINDS, n)
+            pool = KINDS
+            if self.cfg.few_kinds:  # (the default draws exactly as before: same seed, same scenes)
+                shapes = rng.sample(SHAPES, self.cfg.few_kinds)
+                colours = rng.sample(sorted(COLOURS), self.cfg.few_kinds)
+                pool = [k for k in KINDS if k[0] in shapes and k[1] in colours]
+                if n > len(pool):
+                    continue
+            kinds = rng.sample(pool, n)
             if _colour_referents([{"shape": k[0], "colour": k[1], "size": k[2]} for k in kinds]):
                 break
         cells = rng.sample(range(9), n)  # one object per cell of a 3x3 grid: never crowded, so placement never fails
