@@ -4,7 +4,9 @@ vlmkit-smol counts whole scenes up to 8 well but answers "2" to "How many square
 (MODEL_CARD.md, session 16): in scenes drawn from all 80 kinds such counts are rare (4% of the per-kind counting
 turns are 3 or more). These scenes draw their 3 to 8 shapes from two shapes in two colours (ShapesConfig.few_kinds),
 so most per-kind counts are 2 to 4. The scenes keep the training split (the same split keys as every shapes scene,
-so no test layout can appear), and their conversations are scripts/make_counting_data.py's:
+so no test layout can appear), and their conversations are scripts/make_counting_data.py's. Session 16's 100 LoRA
+steps on them (recipes/experiments/vlmkit-smol-crowded-counting.toml) moved the answers' prior up, not the counts;
+they are for a run in which the tower learns too (recipes/experiments/vlmkit-smol-e2e-grid.toml).
 
     .venv/bin/python scripts/make_crowded_counting_data.py data/shapes-crowded/train --n 2000
     # -> the scenes (images/, truth.jsonl, ...) and counting.jsonl in that folder
