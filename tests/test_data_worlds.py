@@ -273,3 +273,36 @@ def test_unsure_images_are_not_world_scenes_and_every_answer_abstains():
     colours = lambda im: len(set(im.convert("RGB").getdata()))
     shapes = make_source("shapes", "train", seed=0, n=5, augment="none")
     assert np.median([colours(s.image) for s in samples]) > 4 * max(colours(s.image) for s in shapes)
+
+
+def test_shape_questions_name_their_kind_for_the_eval_report():
+    """Counting and spatial questions carry a finer "kind" (eval reports score each apart); colour and grounding
+    need none, and the kind always agrees with the question asked."""
+    from vlmkit.data.shapes import COLOURS, PLURALS, TOTAL_COUNT_QUESTIONS
+
+    def expected(q):
+        if q in TOTAL_COUNT_QUESTIONS:
+            return "all shapes"
+        if any(q == f"How many {c} shapes are there?" for c in COLOURS):
+            return "one colour"
+        if any(q == f"How many {p} are there?" for p in PLURALS.values()):
+            return "one shape"
+        if q.endswith("side of the image?"):
+            return "lone shape: left / right"
+        if q.endswith("half of the image?"):
+            return "lone shape: top / bottom"
+        if q.startswith("Which shape is furthest to the"):
+            return "extreme: left / right"
+        if q.startswith("Which shape is at the"):
+            return "extreme: top / bottom"
+        return "relation: left / right" if " left of " in q or " right of " in q else "relation: above / below"
+
+    seen = set()
+    for sample in make_source("shapes", split="val", seed=0, n=200, size=96):
+        for rec in sample.eval_records("x.png"):
+            if rec["slice"] in ("colour", "grounding"):
+                assert "kind" not in rec
+                continue
+            assert rec["kind"] == expected(rec["question"]), rec
+            seen.add(rec["kind"])
+    assert len(seen) == 9  # every kind occurs in 200 scenes

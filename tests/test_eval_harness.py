@@ -157,6 +157,22 @@ def test_a_slice_with_two_metrics_scores_the_mean_of_its_samples(tmp_path):
     assert "spatial-yesno-confusion.png" in write_report(tmp_path / "run").read_text()
 
 
+def test_a_slice_is_also_scored_by_the_kinds_its_samples_name(tmp_path):
+    """"kind" groups a slice's questions ("relation: left / right"); each group gets its n and mean score."""
+    write_images(tmp_path / "images", 2)
+    mk = lambda i, a, kind: {"id": f"s{i}", "image": f"images/img{i % 2}.png", "question": f"q{i}?", "answers": a,
+                             "metric": "yesno", "slice": "spatial", **({"kind": kind} if kind else {})}
+    samples = [mk(0, ["yes"], "left / right"), mk(1, ["no"], "left / right"), mk(2, ["no"], "left / right"),
+               mk(3, ["yes"], "above / below"), mk(4, ["no"], "")]
+    spec = load_spec(write_task(tmp_path, samples, {}))
+    results = run_eval(Oracle({f"q{i}?": "yes" for i in range(5)}), [spec], tmp_path / "run", EvalConfig(progress=False))
+    (row,) = results["tasks"]["tiny"]["slices"]
+    assert row["score"] == 0.4  # the unnamed sample counts in the slice, in no kind
+    assert row["by_kind"] == {"above / below": {"n": 1, "score": 1.0}, "left / right": {"n": 3, "score": 1 / 3}}
+    report = write_report(tmp_path / "run", charts=False).read_text()
+    assert "| spatial | left / right | 3 | 0.3333 |" in report and "| spatial | above / below | 1 | 1.0000 |" in report
+
+
 def test_each_slice_reports_the_best_constant_answer(tmp_path):
     write_images(tmp_path / "images", 2)
     mk = lambda i, a, m, sl: {"id": f"s{i}", "image": f"images/img{i % 2}.png", "question": f"q{i}?", "answers": a,

@@ -26,6 +26,7 @@ class QA:
     slice: str  # "counting", "colour", "spatial", "grounding", "chart", "reading", "receipt", ...
     metric: str  # "exact" | "yesno" | "relaxed" | "iou" | "json_f1" | ...
     alternatives: list[str] = field(default_factory=list)  # other answers a grader should accept ("three" for "3")
+    kind: str = ""  # a finer group inside the slice ("left / right" relations), scored apart in eval reports
 
     @property
     def answers(self) -> list[str]:
@@ -59,7 +60,7 @@ class Sample:
     def eval_records(self, image_path: str) -> list[dict]:
         return [
             {"id": f"{self.id}-q{k}", "image": image_path, "question": qa.question, "answers": qa.answers,
-             "metric": qa.metric, "slice": qa.slice}
+             "metric": qa.metric, "slice": qa.slice, **({"kind": qa.kind} if qa.kind else {})}
             for k, qa in enumerate(self.qa)
         ]
 

@@ -164,21 +164,21 @@ class ShapesGenerator:
 
     # ---- questions ----------------------------------------------------------------------------------------------
     def _counting(self, objects, rng) -> QA:
-        kind = rng.random()
-        if kind < 0.4:
-            q = rng.choice(TOTAL_COUNT_QUESTIONS)
+        draw = rng.random()
+        if draw < 0.4:
+            q, kind = rng.choice(TOTAL_COUNT_QUESTIONS), "all shapes"
             n = len(objects)
-        elif kind < 0.75:
+        elif draw < 0.75:
             present = sorted({o["colour"] for o in objects})
             colour = rng.choice(present) if rng.random() < 0.85 else rng.choice(sorted(COLOURS))
-            q = f"How many {colour} shapes are there?"
+            q, kind = f"How many {colour} shapes are there?", "one colour"
             n = sum(o["colour"] == colour for o in objects)
         else:
             present = sorted({o["shape"] for o in objects})
             shape = rng.choice(present) if rng.random() < 0.85 else rng.choice(SHAPES)
-            q = f"How many {PLURALS[shape]} are there?"
+            q, kind = f"How many {PLURALS[shape]} are there?", "one shape"
             n = sum(o["shape"] == shape for o in objects)
-        return QA(q, str(n), "counting", "exact", [NUMBER_WORDS[n]])
+        return QA(q, str(n), "counting", "exact", [NUMBER_WORDS[n]], kind=kind)
 
     def _colour(self, objects, rng) -> QA:
         o, desc = rng.choice(_colour_referents(objects))
@@ -192,9 +192,11 @@ class ShapesGenerator:
             desc = _describe(o, objects)
             dx, dy = o["center"][0] - self.cfg.size / 2, o["center"][1] - self.cfg.size / 2
             if abs(dx) >= clear / 2 and (abs(dx) >= abs(dy) or abs(dy) < clear / 2):
-                return QA(f"Is the {desc} on the left or the right side of the image?", "left" if dx < 0 else "right", "spatial", "exact")
+                return QA(f"Is the {desc} on the left or the right side of the image?", "left" if dx < 0 else "right", "spatial", "exact",
+                          kind="lone shape: left / right")
             if abs(dy) >= clear / 2:
-                return QA(f"Is the {desc} in the top or the bottom half of the image?", "top" if dy < 0 else "bottom", "spatial", "exact")
+                return QA(f"Is the {desc} in the top or the bottom half of the image?", "top" if dy < 0 else "bottom", "spatial", "exact",
+                          kind="lone shape: top / bottom")
             return None
         if rng.random() < 0.3:
             qa = _extreme(objects, rng, clear)
@@ -219,7 +221,8 @@ class ShapesGenerator:
         if not yes:  # swapping the two makes the relation false, and clearly so by the margin
             a, b = b, a
         q = f"Is the {_describe(a, objects)} {rel} the {_describe(b, objects)}?"
-        return QA(q, "yes" if yes else "no", "spatial", "yesno")
+        return QA(q, "yes" if yes else "no", "spatial", "yesno",
+                  kind="relation: left / right" if rel in ("left of", "right of") else "relation: above / below")
 
     def _grounding(self, objects, rng) -> QA:
         o = rng.choice(objects)
@@ -306,7 +309,8 @@ def _extreme(objects, rng, clear) -> QA | None:
         return None
     o = order[0]
     return QA(f"Which shape is {words[int(far)]}?", o["shape"], "spatial", "exact",
-              [f"{o['colour']} {o['shape']}", f"the {_describe(o, objects)}"])
+              [f"{o['colour']} {o['shape']}", f"the {_describe(o, objects)}"],
+              kind="extreme: left / right" if axis == 0 else "extreme: top / bottom")
 
 
 def _where(position: str) -> str:

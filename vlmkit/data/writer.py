@@ -4,7 +4,7 @@ DIR/
   images/                PNG (classification sources: images/<label>/, an image folder)
   conversations.jsonl    {"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", ...}]}
   captions.jsonl         {"id", "image", "text"}
-  eval.jsonl             {"id", "image", "question", "answers", "metric", "slice"}
+  eval.jsonl             {"id", "image", "question", "answers", "metric", "slice"[, "kind": a finer group in the slice]}
   task.json              {"name", "samples": "eval.jsonl", "pass_bars", "max_new_tokens"}: `vlmkit eval --tasks DIR/task.json`
   truth.jsonl            the generator's full ground truth per image (boxes, values, receipt fields)
   labels.jsonl, classes.json   classification sources only: {"id", "image", "label", "label_id"} and the class names

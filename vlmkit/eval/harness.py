@@ -5,7 +5,8 @@ A run folder holds:
     TASK/predictions.jsonl  one record per sample, appended and fsynced after each batch
     TASK/scores.jsonl       each sample's score (rewritten at scoring time)
     results.json            per task and slice: metric, n, score, extras, bars, pass/fail, and the score of the
-                            best constant answer (`prior`: what answering without the image can reach)
+                            best constant answer (`prior`: what answering without the image can reach), and
+                            `by_kind` where the samples name a finer group ("kind": "relation: left / right")
 A resumed run keeps every prediction without an error and runs the rest in the same
 batches a fresh run would use, so with the same settings it reproduces a fresh run
 exactly. A sample whose inference fails (a broken image, say) is recorded with its
@@ -225,6 +226,12 @@ def score_task(task: TaskSpec, samples: list[Sample], records: list[dict]) -> di
         row = _row(task, sl, metric, list(results), items, score, extras)
         row["prior"] = sum(prior[m][0] * len(g) for m, g in groups.items()) / len(items)  # per-sample mean, as the score
         row["prior_answers"] = {m: a for m, (_, a) in prior.items()}
+        by_kind: dict[str, list[float]] = {}
+        for s, _ in items:  # a slice's finer groups ("relation: left / right"), where the samples name them
+            if s.kind:
+                by_kind.setdefault(s.kind, []).append(scores[s.id])
+        if by_kind:
+            row["by_kind"] = {k: {"n": len(v), "score": sum(v) / len(v)} for k, v in sorted(by_kind.items())}
         rows.append(row)
     rows += missing_rows(task, set(by_slice))
     return {"spec": str(task.spec_path or task.samples), "n": len(samples), "errors": sum(1 for r in records if r.get("error")),

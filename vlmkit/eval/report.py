@@ -99,6 +99,11 @@ def write_report(run_dir: str | Path, results: dict | None = None, charts: bool 
             for r in extras:
                 shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(r["extras"].items())[:16])
                 lines.append(f"- {_cell(r['name'])}: {shown}")
+        kinds = [r for r in rows if r.get("by_kind")]
+        if kinds:
+            lines += ["", "By kind of question:", "", "| slice | kind | n | score |", "|---|---|---:|---:|"]
+            lines += [f"| {_cell(r['name'])} | {_cell(k)} | {v['n']} | {_fmt(v['score'])} |"
+                      for r in kinds for k, v in r["by_kind"].items()]
         if charts and rows:
             png = ch.slice_chart(f"{tname}: score by slice", rows, run_dir / CHARTS_DIR / f"{_slug(tname)}-slices.png")
             lines += ["", f"![{tname} slices]({png.relative_to(run_dir)})"]

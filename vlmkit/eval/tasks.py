@@ -12,7 +12,7 @@ replacement, so other braces, as in a JSON schema, stay as they are).
 Samples, one JSON object a line:
     {"id": str, "image": "path" | "images": [paths], "question": str,
      "answers": [str, ...], "metric": "vqa"|"exact"|"anls"|"relaxed"|"iou"|"cider"|"json_f1"|"yesno",
-     "slice": str}
+     "slice": str, "kind": str (optional: a finer group inside the slice, scored apart in results and reports)}
 Image paths are relative to the JSONL's folder unless absolute.
 
 Embedding tasks for a dual encoder (retrieval recall, zero-shot accuracy) are specs
@@ -54,6 +54,7 @@ class Sample:
     answers: list[str]
     metric: str
     slice: str
+    kind: str = ""  # a finer group inside the slice, scored apart (results.json "by_kind")
 
 
 @dataclass
@@ -199,7 +200,7 @@ def _sample(raw, root: Path, where: str) -> Sample:
         raise TaskError(f"{where}: 'image' must be a path or 'images' a list of paths")
     images = [image_path(p, root, where) for p in paths]
     return Sample(id=str(raw["id"]), images=images, question=str(raw["question"]), answers=answers, metric=metric,
-                  slice=str(raw["slice"]))
+                  slice=str(raw["slice"]), kind=str(raw.get("kind") or ""))
 
 
 def image_path(path: str, root: Path, where: str) -> Path:
