@@ -171,6 +171,12 @@ def test_a_slice_is_also_scored_by_the_kinds_its_samples_name(tmp_path):
     assert row["by_kind"] == {"above / below": {"n": 1, "score": 1.0}, "left / right": {"n": 3, "score": 1 / 3}}
     report = write_report(tmp_path / "run", charts=False).read_text()
     assert "| spatial | left / right | 3 | 0.3333 |" in report and "| spatial | above / below | 1 | 1.0000 |" in report
+    # against a run that answers "no" throughout, kind by kind
+    run_eval(Oracle({f"q{i}?": "no" for i in range(5)}), [spec], tmp_path / "run-no", EvalConfig(progress=False))
+    rows = {r["slice"]: r for r in compare_runs(tmp_path / "run", tmp_path / "run-no")}
+    assert rows["spatial [left / right]"]["a"] == pytest.approx(1 / 3) and rows["spatial [left / right]"]["b"] == pytest.approx(2 / 3)
+    assert rows["spatial [above / below]"]["delta"] == -1.0 and rows["spatial [above / below]"]["n_b"] == 1
+    assert rows["spatial"]["delta"] == pytest.approx(0.2)
 
 
 def test_each_slice_reports_the_best_constant_answer(tmp_path):

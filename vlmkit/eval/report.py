@@ -151,6 +151,19 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> list[dict]:
                          "delta": None if va is None or vb is None else vb - va, "bar": bars.get("score"),
                          "status_a": ra["status"] if ra else "absent", "status_b": rb["status"] if rb else "absent",
                          "n_a": ra["n"] if ra else 0, "n_b": rb["n"] if rb else 0})
+            rows += _kind_rows(tname, name, (ra or {}).get("by_kind", {}), (rb or {}).get("by_kind", {}))
+    return rows
+
+
+def _kind_rows(task: str, slice_name: str, ka: dict, kb: dict) -> list[dict]:
+    """A row per kind of question either run scored in this slice ("spatial [relation: left / right]"); no bars."""
+    rows = []
+    for kind in list(ka) + [k for k in kb if k not in ka]:
+        va, vb = (ka.get(kind) or {}).get("score"), (kb.get(kind) or {}).get("score")
+        rows.append({"task": task, "slice": f"{slice_name} [{kind}]", "metric": None, "a": va, "b": vb,
+                     "delta": None if va is None or vb is None else vb - va, "bar": None,
+                     "status_a": "none" if kind in ka else "absent", "status_b": "none" if kind in kb else "absent",
+                     "n_a": (ka.get(kind) or {}).get("n", 0), "n_b": (kb.get(kind) or {}).get("n", 0)})
     return rows
 
 
