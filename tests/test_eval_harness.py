@@ -168,9 +168,11 @@ def test_a_slice_is_also_scored_by_the_kinds_its_samples_name(tmp_path):
     results = run_eval(Oracle({f"q{i}?": "yes" for i in range(5)}), [spec], tmp_path / "run", EvalConfig(progress=False))
     (row,) = results["tasks"]["tiny"]["slices"]
     assert row["score"] == 0.4  # the unnamed sample counts in the slice, in no kind
-    assert row["by_kind"] == {"above / below": {"n": 1, "score": 1.0}, "left / right": {"n": 3, "score": 1 / 3}}
+    assert row["by_kind"] == {"above / below": {"n": 1, "score": 1.0, "metric": "yesno"},
+                              "left / right": {"n": 3, "score": 1 / 3, "metric": "yesno"}}
     report = write_report(tmp_path / "run", charts=False).read_text()
-    assert "| spatial | left / right | 3 | 0.3333 |" in report and "| spatial | above / below | 1 | 1.0000 |" in report
+    assert "| spatial | left / right | yesno | 3 | 0.3333 |" in report and "| spatial | above / below | yesno | 1 | 1.0000 |" in report
+    assert "tiny-kinds.png" in write_report(tmp_path / "run").read_text() and (tmp_path / "run" / "charts" / "tiny-kinds.png").is_file()
     # against a run that answers "no" throughout, kind by kind
     run_eval(Oracle({f"q{i}?": "no" for i in range(5)}), [spec], tmp_path / "run-no", EvalConfig(progress=False))
     rows = {r["slice"]: r for r in compare_runs(tmp_path / "run", tmp_path / "run-no")}

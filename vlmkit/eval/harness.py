@@ -226,12 +226,13 @@ def score_task(task: TaskSpec, samples: list[Sample], records: list[dict]) -> di
         row = _row(task, sl, metric, list(results), items, score, extras)
         row["prior"] = sum(prior[m][0] * len(g) for m, g in groups.items()) / len(items)  # per-sample mean, as the score
         row["prior_answers"] = {m: a for m, (_, a) in prior.items()}
-        by_kind: dict[str, list[float]] = {}
+        by_kind: dict[str, list[tuple[str, float]]] = {}
         for s, _ in items:  # a slice's finer groups ("relation: left / right"), where the samples name them
             if s.kind:
-                by_kind.setdefault(s.kind, []).append(scores[s.id])
+                by_kind.setdefault(s.kind, []).append((s.metric, scores[s.id]))
         if by_kind:
-            row["by_kind"] = {k: {"n": len(v), "score": sum(v) / len(v)} for k, v in sorted(by_kind.items())}
+            row["by_kind"] = {k: {"n": len(v), "score": sum(x for _, x in v) / len(v),
+                                  "metric": "+".join(dict.fromkeys(m for m, _ in v))} for k, v in sorted(by_kind.items())}
         rows.append(row)
     rows += missing_rows(task, set(by_slice))
     return {"spec": str(task.spec_path or task.samples), "n": len(samples), "errors": sum(1 for r in records if r.get("error")),

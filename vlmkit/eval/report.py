@@ -101,9 +101,15 @@ def write_report(run_dir: str | Path, results: dict | None = None, charts: bool 
                 lines.append(f"- {_cell(r['name'])}: {shown}")
         kinds = [r for r in rows if r.get("by_kind")]
         if kinds:
-            lines += ["", "By kind of question:", "", "| slice | kind | n | score |", "|---|---|---:|---:|"]
-            lines += [f"| {_cell(r['name'])} | {_cell(k)} | {v['n']} | {_fmt(v['score'])} |"
+            lines += ["", "By kind of question:", "", "| slice | kind | metric | n | score |", "|---|---|---|---:|---:|"]
+            lines += [f"| {_cell(r['name'])} | {_cell(k)} | {v.get('metric') or '-'} | {v['n']} | {_fmt(v['score'])} |"
                       for r in kinds for k, v in r["by_kind"].items()]
+            if charts:  # the kinds as bars, in the slice chart's form (no bars of their own: grey)
+                kind_rows = [{"name": f"{r['name']} [{k}]", "metric": v.get("metric"), "n": v["n"], "score": v["score"],
+                              "bars": {}, "status": "none"} for r in kinds for k, v in r["by_kind"].items()]
+                png = ch.slice_chart(f"{tname}: score by kind of question", kind_rows,
+                                     run_dir / CHARTS_DIR / f"{_slug(tname)}-kinds.png")
+                lines += ["", f"![{tname} kinds]({png.relative_to(run_dir)})"]
         if charts and rows:
             png = ch.slice_chart(f"{tname}: score by slice", rows, run_dir / CHARTS_DIR / f"{_slug(tname)}-slices.png")
             lines += ["", f"![{tname} slices]({png.relative_to(run_dir)})"]
