@@ -166,7 +166,8 @@ def _kind_rows(task: str, slice_name: str, ka: dict, kb: dict) -> list[dict]:
     rows = []
     for kind in list(ka) + [k for k in kb if k not in ka]:
         va, vb = (ka.get(kind) or {}).get("score"), (kb.get(kind) or {}).get("score")
-        rows.append({"task": task, "slice": f"{slice_name} [{kind}]", "metric": None, "a": va, "b": vb,
+        rows.append({"task": task, "slice": f"{slice_name} [{kind}]", "metric": (kb.get(kind) or ka.get(kind) or {}).get("metric"),
+                     "a": va, "b": vb,
                      "delta": None if va is None or vb is None else vb - va, "bar": None,
                      "status_a": "none" if kind in ka else "absent", "status_b": "none" if kind in kb else "absent",
                      "n_a": (ka.get(kind) or {}).get("n", 0), "n_b": (kb.get(kind) or {}).get("n", 0)})
