@@ -8,9 +8,7 @@ in accuracy for these small towers (recorded in the file's metadata as stored_dt
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -32,17 +30,16 @@ def export(src: Path, out: Path, dtype: str = "float16", notice: str | None = No
     import torch
 
     from ..errors import ModelLoadError
+    from ..files import atomic_dir
     from ..models.weights import read_safetensors, save_safetensors
 
     if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
         raise ModelLoadError(f"{src} is not a model folder: it needs config.json and model.safetensors")
     if out.exists() and any(out.iterdir()):
         raise ModelLoadError(f"{out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Built in a hidden sibling and renamed into place, so that an interrupted export never leaves weights without
-    # their config (or a config without its notice) where a model folder is expected.
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    try:
+    # built beside `out` and renamed into place: an interrupted export never leaves weights without their config
+    # (or a config without its notice) where a model folder is expected
+    with atomic_dir(out) as tmp:
         want = getattr(torch, dtype)
         tensors = {k: (v.to(want) if v.is_floating_point() else v)
                    for k, v in read_safetensors(src / "model.safetensors").items()}
@@ -54,10 +51,6 @@ def export(src: Path, out: Path, dtype: str = "float16", notice: str | None = No
             cfg = json.loads((tmp / "config.json").read_text())
             cfg["notice"] = notice
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        os.replace(tmp, out)  # an empty `out` is replaced too (rename(2) allows an empty target folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -16,8 +16,6 @@ import importlib.util
 import inspect
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from torch import nn
 
 from ..config import LMConfig
 from ..errors import ModelLoadError
+from ..files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +77,9 @@ def _gguf_to_cache(gguf: Path, name: str) -> Path:
     missing = [k for k in missing if k not in _tied_keys(plain)]
     if missing or unexpected:
         raise ModelLoadError(f"GGUF conversion of {gguf}: missing {missing}, unexpected {unexpected}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(out) as tmp:  # a half-written cache never looks complete
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, out)  # atomic: a half-written cache never looks complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
