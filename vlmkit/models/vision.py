@@ -93,13 +93,13 @@ class ViT(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                    num_blocks: int | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """num_blocks: stop after that many blocks (a connector that reads an earlier layer needs no more); the final
-        normed output is then None."""
+        """num_blocks: stop after that many blocks (a connector that reads a hidden state needs no more); the final
+        normed output is then None, even when every block ran, since the caller reads hidden_states."""
         hidden_states = [x]
         for blk in self.blocks[:num_blocks]:
             x = blk(x, attn_mask)
             hidden_states.append(x)
-        return (self.norm(x) if len(hidden_states) == len(self.blocks) + 1 else None), hidden_states
+        return (self.norm(x) if num_blocks is None else None), hidden_states
 
     def forward_packed(self, images: list[torch.Tensor], max_len: int | None = None, num_blocks: int | None = None):
         """NaViT (Dehghani et al. 2023): images of any size, no padding to a square.
@@ -205,10 +205,13 @@ class VisionTower(nn.Module):
         out = self.model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
         return out.last_hidden_state, list(out.hidden_states)
 
+    def _select(self, final: torch.Tensor | None, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        k = self._feature_index()
+        return final if k is None else hidden_states[k]
+
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, N_tokens, D_vision], from cfg.feature_layer (penultimate by default)."""
-        final, hidden_states = self._run(pixel_values)
-        x = final if self.cfg.feature_layer is None else hidden_states[self._feature_index()]
+        x = self._select(*self._run(pixel_values))
         if self.cfg.use_cls and not self.cfg.keep_cls:
             x = x[:, 1:]  # drop CLS, as LLaVA's "default" select strategy does
         return x
@@ -218,7 +221,7 @@ class VisionTower(nn.Module):
         if self.cfg.kind != "vit":
             raise ValueError(f"packed native-resolution encoding needs our ViT (vision.kind='vit'), not {self.cfg.kind!r}")
         final, hidden_states, spans = self.model.forward_packed(images, max_len, self._feature_index())
-        x = final if self.cfg.feature_layer is None else hidden_states[self._feature_index()]  # [P, L, D]
+        x = self._select(final, hidden_states)  # [P, L, D]
         skip = int(self.cfg.use_cls and not self.cfg.keep_cls)
         return [x[row, start + skip:end] for row, start, end in spans]
 
