@@ -1,5 +1,6 @@
 """TOML configs with --set overrides, stage defaults, clear one-line errors, HF datasets from local files, the CLI."""
 import json
+from pathlib import Path
 
 import pytest
 from test_train_common import COLOURS, make_images, vlm_config
@@ -91,24 +92,25 @@ def test_data_globs_expand_in_sorted_order_and_resolve_images_per_shard(tmp_path
         load_records([str(tmp_path / "t*" / "captions.jsonl")])
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _recipe_commands():
     """Every recipe, with each `vlmkit train RECIPE --set ...` line its header documents (and the bare recipe)."""
     import shlex
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     cases = []
-    for path in sorted((root / "recipes").rglob("*.toml")):
-        rel = path.relative_to(root)
+    for path in sorted((ROOT / "recipes").rglob("*.toml")):
+        rel = path.relative_to(ROOT)
         cases.append((str(rel), []))
         for line in path.read_text().splitlines():
             words = shlex.split(line.lstrip("# ")) if line.startswith("#") and f"train {rel}" in line else []
             if "--set" in words:
                 cases.append((str(rel), [words[i + 1] for i, w in enumerate(words) if w == "--set"]))
-    return root, cases
+    return cases
 
 
-@pytest.mark.parametrize("rel, overrides", _recipe_commands()[1], ids=lambda v: v if isinstance(v, str) else ",".join(v))
+@pytest.mark.parametrize("rel, overrides", _recipe_commands(), ids=lambda v: v if isinstance(v, str) else ",".join(v))
 def test_every_recipe_and_its_documented_overrides_parse(rel, overrides):
     """A renamed config key must not leave a recipe (or the command in its header) that fails only when a GPU run
     starts; the scripts a recipe's header runs must exist."""
@@ -116,11 +118,10 @@ def test_every_recipe_and_its_documented_overrides_parse(rel, overrides):
 
     from vlmkit.config import VLMConfig
 
-    root = _recipe_commands()[0]
-    cfg = load_config(root / rel, overrides)
+    cfg = load_config(ROOT / rel, overrides)
     spec = cfg.model
     if spec.image_positions is not None or spec.image_row_separator is not None:
         # VLMConfig checks these values and their combinations
         VLMConfig(image_positions=spec.image_positions or "sequence", image_row_separator=spec.image_row_separator or "")
-    for script in re.findall(r"scripts/[\w./-]+\.(?:py|sh)", (root / rel).read_text()):  # not make_${k}_data.py
-        assert (root / script).is_file(), f"{rel} names {script}, which does not exist"
+    for script in re.findall(r"scripts/[\w./-]+\.(?:py|sh)", (ROOT / rel).read_text()):  # not make_${k}_data.py
+        assert (ROOT / script).is_file(), f"{rel} names {script}, which does not exist"

@@ -165,12 +165,12 @@ def _kind_rows(task: str, slice_name: str, ka: dict, kb: dict) -> list[dict]:
     """A row per kind of question either run scored in this slice ("spatial [relation: left / right]"); no bars."""
     rows = []
     for kind in list(ka) + [k for k in kb if k not in ka]:
-        va, vb = (ka.get(kind) or {}).get("score"), (kb.get(kind) or {}).get("score")
-        rows.append({"task": task, "slice": f"{slice_name} [{kind}]", "metric": (kb.get(kind) or ka.get(kind) or {}).get("metric"),
-                     "a": va, "b": vb,
+        a, b = ka.get(kind, {}), kb.get(kind, {})
+        va, vb = a.get("score"), b.get("score")
+        rows.append({"task": task, "slice": f"{slice_name} [{kind}]", "metric": (b or a).get("metric"), "a": va, "b": vb,
                      "delta": None if va is None or vb is None else vb - va, "bar": None,
-                     "status_a": "none" if kind in ka else "absent", "status_b": "none" if kind in kb else "absent",
-                     "n_a": (ka.get(kind) or {}).get("n", 0), "n_b": (kb.get(kind) or {}).get("n", 0)})
+                     "status_a": "none" if a else "absent", "status_b": "none" if b else "absent",
+                     "n_a": a.get("n", 0), "n_b": b.get("n", 0)})
     return rows
 
 
