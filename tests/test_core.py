@@ -298,6 +298,39 @@ def test_row_separator_lays_out_the_token_grid_by_rows():
             VLMConfig.from_dict({**tiny_vlm_config(connector=kind).to_dict(), "image_row_separator": "\n"})
 
 
+
+def test_rows_and_columns_order_shows_the_grid_twice():
+    """image_token_order="rows+columns": the raster, then the same visual tokens column by column, in the prompt,
+    in the features and through the KV cache; refused where there is no grid or another layout."""
+    cfg = tiny_vlm_config()  # a 4 x 4 grid
+    cfg.image_token_order = "rows+columns"
+    assert cfg.image_seq_len == cfg.image_layout == 32 and cfg.image_grid("x") == (4, 4)
+    assert VLMConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).image_layout == 32
+    for bad in ({"image_token_order": "columns"}, {"image_token_order": "rows+columns", "image_row_separator": "\n"},
+                {"image_token_order": "rows+columns", "image_positions": "grid"}):
+        with pytest.raises(ValueError, match="image_token_order"):
+            VLMConfig.from_dict({**tiny_vlm_config().to_dict(), **bad})
+    with pytest.raises(ValueError, match="square grid"):
+        VLMConfig.from_dict({**tiny_vlm_config(connector="perceiver").to_dict(), "image_token_order": "rows+columns"})
+
+    plain, twice = tiny_vlm(seed=5), tiny_vlm(seed=5)
+    twice.cfg.image_token_order = twice.model.cfg.image_token_order = "rows+columns"
+    px = torch.randn(2, 3, 32, 32)
+    raster = plain.model.encode_images(px)  # [2, 16, D]
+    both = twice.model.encode_images(px)  # [2, 32, D]
+    assert torch.equal(both[:, :16], raster)
+    grid = raster.view(2, 4, 4, -1)
+    assert torch.equal(both[:, 16 + 1], grid[:, 1, 0]) and torch.equal(both[:, 16 + 4], grid[:, 0, 1])  # column-major
+    conv = _conv("What is in the image?")
+    assert twice.prompt(conv).input_ids.count(twice.cfg.image_token_id) == 32
+    cached = twice.generate([conv], max_new_tokens=8)[0]
+    assert cached.token_ids == twice.generate([conv], max_new_tokens=8, use_cache=False)[0].token_ids
+    assert cached.token_ids != plain.generate([conv], max_new_tokens=8)[0].token_ids
+    from vlmkit.processing.tiling import TilingConfig
+
+    with pytest.raises(VlmkitError, match="rows\\+columns"):
+        twice.prompt(conv, tiling=TilingConfig.for_tower(twice.cfg.vision))
+
 def test_row_separator_reaches_prompts_and_generation():
     plain, rows = tiny_vlm(seed=4), tiny_vlm(seed=4)
     rows.cfg.image_row_separator = "\n"

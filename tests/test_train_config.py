@@ -120,8 +120,9 @@ def test_every_recipe_and_its_documented_overrides_parse(rel, overrides):
 
     cfg = load_config(ROOT / rel, overrides)
     spec = cfg.model
-    if spec.image_positions is not None or spec.image_row_separator is not None:
-        # VLMConfig checks these values and their combinations
-        VLMConfig(image_positions=spec.image_positions or "sequence", image_row_separator=spec.image_row_separator or "")
+    layout = {k: getattr(spec, k) for k in ("image_positions", "image_row_separator", "image_token_order")
+              if getattr(spec, k) is not None}
+    if layout:  # VLMConfig checks these values and their combinations
+        VLMConfig(**layout)
     for script in re.findall(r"scripts/[\w./-]+\.(?:py|sh)", (ROOT / rel).read_text()):  # not make_${k}_data.py
         assert (ROOT / script).is_file(), f"{rel} names {script}, which does not exist"

@@ -191,6 +191,27 @@ def test_grid_positions_train_and_are_saved(tmp_path):
         build_vlm(bad)
 
 
+
+def test_rows_and_columns_order_is_trained_with_and_saved(tmp_path):
+    """model.image_token_order="rows+columns" doubles the visual positions of training prompts and travels with
+    the checkpoint; with row separators it is refused."""
+    from vlmkit.api import VLM
+    from vlmkit.train.config import ConfigError
+    from vlmkit.train.loop import train
+    from vlmkit.train.stages import build_vlm
+
+    cfg = vlm_config(tmp_path, **{"model": {"image_token_order": "rows+columns"}, "train": {"max_steps": 1}})
+    stage = build_vlm(cfg)
+    row = {"image": "images/red.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is this?"},
+                                                         {"from": "gpt", "value": "red"}]}
+    assert stage.encoder(row, tmp_path / "data")["input_ids"].count(stage.model.cfg.image_token_id) == 32
+    train(cfg)
+    assert VLM.load(tmp_path / "run" / "final").cfg.image_layout == 32
+    assert VLM.load(tmp_path / "tiny-vlm").cfg.image_layout == 16  # the starting model is untouched
+    bad = vlm_config(tmp_path, model={"image_token_order": "rows+columns", "image_row_separator": "\n"})
+    with pytest.raises(ConfigError, match="image_token_order"):
+        build_vlm(bad)
+
 def test_position_words_come_from_the_lms_words_and_are_saved(tmp_path):
     """model.position_words fills each cell's place vector with the LM's embedding of its phrase ("top left"), the
     table travels with the checkpoint (strictly loaded), a frozen connector keeps it fixed, and 0 removes it."""

@@ -125,7 +125,8 @@ class VLM:
         tiling = tiling if tiling is not None else self.tiling
         merge = merge_threshold if merge_threshold is not None else self.merge_threshold
         grid = self.cfg.image_positions == "grid"
-        whole_images_only = self.cfg.fusion.kind != "none" or self.cfg.image_row_separator or grid
+        twice = self.cfg.image_token_order != "rows"
+        whole_images_only = self.cfg.fusion.kind != "none" or self.cfg.image_row_separator or grid or twice
         if whole_images_only and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
             # tiles, merged tokens and frames get their own layouts, which neither kind of model has yet
             if self.cfg.fusion.kind != "none":  # an image is one marker position whose features feed cross-attention
@@ -137,6 +138,9 @@ class VLM:
             if grid:  # 2-D positions need every image to be one full grid of the tower's tokens
                 raise VlmkitError("this model numbers its visual tokens by row and column (image_positions='grid'): "
                                   "tiling, token merging and video are not supported with it yet")
+            raise VlmkitError("this model reads each image's visual tokens twice, by rows and by columns "
+                              "(image_token_order='rows+columns'): tiling, token merging and video are not supported "
+                              "with it yet")
         label = self.label_images if label_images is None else label_images
         messages = self._expand_videos(messages, merge, max_new_tokens)
         args = (self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id)

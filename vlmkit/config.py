@@ -89,7 +89,7 @@ class ConnectorConfig:
     scale_factor: int = 2  # pixel_shuffle: r, the space-to-depth factor
     # pixel_shuffle: LM tokens per merged cell. At 2 the projection writes two consecutive tokens per cell, so a
     # region can read as two words ("red", "circle") in the order text puts them, instead of one blend of both
-    # (scripts/fit_connector.py; MODEL_CARD.md, vlmkit-smol). 1 is Idefics3's connector.
+    # (scripts/fit_connector.py; EXPERIMENTS.md, session 7). 1 is Idefics3's connector.
     tokens_per_cell: int = 1
     # qformer / perceiver / cabstractor: visual tokens out, whatever goes in (0 = the paper's default:
     # 32 queries, 64 latents, 144 = 12x12 pooled cells; a C-Abstractor needs a perfect square).
@@ -106,7 +106,7 @@ class ConnectorConfig:
     # pixel_shuffle (ours): how much of each visual token is its cell's place in the image, written in the LM's own
     # words ("top left", "centre", "bottom"): token = (1 - w) * proj(cell) + w * place(cell). The LM then reads where
     # a thing is from the token itself instead of from the raster order of 64 tokens, which vlmkit-smol never
-    # learnt (spatial stayed at chance with row separators too: MODEL_CARD.md, session 10). 0 is off, as in
+    # learnt (spatial stayed at chance with row separators too: EXPERIMENTS.md, session 10). 0 is off, as in
     # Idefics3. Turned on by a training recipe (model.position_words), which fills the table from the LM.
     position_words: float = 0.0
     grid_size: int = 0  # the tower's patch grid side; filled in by VLMConfig, like the widths
@@ -247,12 +247,18 @@ class VLMConfig:
     # leaves the LM to infer where a row ends from position alone; LLaVA-NeXT ends each row with a learned
     # `image_newline` vector and Idefics3 writes "\n" after each row of tiles. A text separator costs no parameter
     # and is a token the LM already reads as a line break. (It did not make vlmkit-smol answer spatial questions
-    # in 100 CPU steps: MODEL_CARD.md, session 10.)
+    # in 100 CPU steps: EXPERIMENTS.md, session 10.)
     image_row_separator: str = ""
     # How the LM numbers visual tokens: "sequence", one after another like text (LLaVA); "grid", a (t, row, col) id
     # per token through 2-D rotary positions (Qwen2-VL's M-RoPE; models/rope2d.py). A grid image spans max(R, C) ids
     # instead of R * C, and prompts without images get exactly the LM's own positions.
     image_positions: str = "sequence"
+    # The order the LM reads an image's visual tokens in: "rows", the raster (LLaVA, Idefics3); "rows+columns"
+    # (ours, an experiment), the raster and then the same tokens column by column, twice the visual tokens. Through
+    # the raster a token's row is its place in the sequence, which RoPE gives the LM, and its column only its
+    # content: vlmkit-smol answers "above" from the first and "left of" poorly (EXPERIMENTS.md, session 17). In the
+    # second copy the columns are in sequence order too.
+    image_token_order: str = "rows"
 
     def __post_init__(self):
         for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig), ("fusion", FusionConfig)):
@@ -268,7 +274,14 @@ class VLMConfig:
         if self.image_positions == "grid" and self.image_row_separator:
             raise ValueError("image_positions='grid' already tells the LM where each row starts: "
                              "leave image_row_separator empty")
+        if self.image_token_order not in ("rows", "rows+columns"):
+            raise ValueError(f"image_token_order must be 'rows' or 'rows+columns', got {self.image_token_order!r}")
+        if self.image_token_order != "rows" and (self.image_row_separator or self.image_positions != "sequence"):
+            raise ValueError("image_token_order='rows+columns' reads the raster twice in sequence order: "
+                             "leave image_row_separator empty and image_positions 'sequence'")
         # fail at load time, not at the first prompt
+        if self.image_token_order != "rows":
+            self.image_grid("image_token_order='rows+columns'")
         if self.image_row_separator:
             self.image_grid("image_row_separator")
         if self.image_positions == "grid":
@@ -277,7 +290,7 @@ class VLMConfig:
     def image_grid(self, why: str) -> tuple[int, int]:
         """(rows, cols) of the visual tokens of one image; only connectors that keep the patch grid have one.
         `why` names the setting that needs the grid, for the error."""
-        n = self.image_seq_len
+        n = self.connector.num_output_tokens(self.vision.num_tokens)
         side = math.isqrt(n)
         if (self.fusion.kind != "none" or self.connector.kind in ("qformer", "perceiver") or side * side != n
                 or (self.connector.kind == "pixel_shuffle" and self.connector.tokens_per_cell != 1)):
@@ -299,7 +312,8 @@ class VLMConfig:
         """Sequence positions per image at the tower's native resolution (1, the marker, under fusion)."""
         if self.fusion.kind != "none":
             return 1
-        return self.connector.num_output_tokens(self.vision.num_tokens)
+        n = self.connector.num_output_tokens(self.vision.num_tokens)
+        return 2 * n if self.image_token_order == "rows+columns" else n
 
     # ---- JSON ----
     def to_dict(self) -> dict:

@@ -2,7 +2,7 @@
 layout of Qwen3-VL.
 
 In a raster of visual tokens the LM's 1-D RoPE tells it roughly which row a token is in (its place in the
-sequence) but not its column: vlmkit-smol learned to place boxes by row and not by column (MODEL_CARD.md,
+sequence) but not its column: vlmkit-smol learned to place boxes by row and not by column (EXPERIMENTS.md,
 session 13). Here every position has three ids (t, row, col):
 
 - A text token has the same id on all three axes, so a prompt without images rotates exactly as under the LM's

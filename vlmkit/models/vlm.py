@@ -43,7 +43,12 @@ class VisionLanguageModel(nn.Module):
     # ---- forward pieces ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N_images, 3, H, W] -> [N_images, N_visual, D_lm]."""
-        return self.connector(self.vision.forward_features(pixel_values))
+        feats = self.connector(self.vision.forward_features(pixel_values))  # [N_images, R * C, D_lm], raster
+        if self.cfg.image_token_order == "rows+columns":
+            rows, cols = self.cfg.image_grid("image_token_order='rows+columns'")
+            by_column = feats.unflatten(1, (rows, cols)).transpose(1, 2).flatten(1, 2)  # [N_images, C * R, D_lm]
+            feats = torch.cat([feats, by_column], dim=1)  # [N_images, 2 * R * C, D_lm]
+        return feats
 
     def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with image placeholders replaced, in order, by visual tokens.

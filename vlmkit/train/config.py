@@ -53,6 +53,9 @@ class ModelSpec:
     image_row_separator: str | None = None
     # None keeps the model's; "grid" gives visual tokens 2-D rotary positions (VLMConfig.image_positions)
     image_positions: str | None = None
+    # None keeps the model's; "rows+columns" shows the LM each image's visual tokens by rows, then by columns
+    # (VLMConfig.image_token_order)
+    image_token_order: str | None = None
     # None keeps the model's; w in (0, 1) mixes each visual token with its cell's place in the LM's words
     # (ConnectorConfig.position_words; pixel_shuffle only), the table filled from the LM's embeddings
     position_words: float | None = None

@@ -71,7 +71,8 @@ def build_vlm(cfg: TrainConfig) -> Stage:
         if m.chat_template != "chatml":
             raise ConfigError(f"model.chat_template must be \"\" or \"chatml\", got {m.chat_template!r}")
         model.cfg.lm.chat_template = tokenizer.chat_template = CHATML_TEMPLATE
-    layout = {k: getattr(m, k) for k in ("image_row_separator", "image_positions") if getattr(m, k) is not None}
+    layout = {k: getattr(m, k) for k in ("image_row_separator", "image_positions", "image_token_order")
+              if getattr(m, k) is not None}
     if layout:
         try:
             replace(model.cfg, **layout)  # checks them as loading the saved config will
@@ -240,7 +241,7 @@ def build_contrastive(cfg: TrainConfig) -> Stage:
     if cfg.train.gradient_checkpointing:
         raise ConfigError("train.gradient_checkpointing is for the VLM stages (it recomputes the LM's decoder layers)")
     m = cfg.model
-    for k in ("position_words", "image_row_separator", "image_positions"):
+    for k in ("position_words", "image_row_separator", "image_positions", "image_token_order"):
         if getattr(m, k) is not None:
             raise ConfigError(f"model.{k} is for the VLM stages (a dual encoder has no connector and no LM)")
     if m.init:
