@@ -2,8 +2,8 @@
 
 Two stage-1 runs of vlmkit-smol trained the connector by backpropagating the caption loss through the
 frozen SmolLM2 and both learned a constant soft prompt: the LM's loss did not depend on the image
-(MODEL_CARD.md). Yet a linear probe reads the colour of the shape under a patch from our tower's features
-with 98% accuracy. The information is there; gradient descent through the LM did not find the map
+(EXPERIMENTS.md, sessions 2 and 3). Yet a linear probe reads the colour of the shape under a patch from our
+tower's features with 98% accuracy. The information is there; gradient descent through the LM did not find the map
 within a few thousand samples.
 
 This script fits that map directly. The generated worlds record what lies where (shapes: colour,
@@ -17,24 +17,24 @@ SGD), and stage 2 starts from a connector that already carries the image.
 
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --out runs/vlmkit-smol-align/final
 
-Refit for another token grid and keep a trained model's LoRA adapters (MODEL_CARD.md, 64-token experiment):
+Refit for another token grid and keep a trained model's LoRA adapters (EXPERIMENTS.md, session 6):
 
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.scale_factor=2 \
         --adapters-from runs/vlmkit-smol-stage2/final --out runs/vlmkit-smol-r2-warm
 
-Two tokens per cell, a colour word then a shape word instead of their blend (MODEL_CARD.md, vlmkit-smol):
+Two tokens per cell, a colour word then a shape word instead of their blend (EXPERIMENTS.md, session 7):
 
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.tokens_per_cell=2 \
         --adapters-from runs/vlmkit-smol-stage2/final --out runs/vlmkit-smol-k2-warm
 
 An MLP projection (connector.hidden_dim > 0) is fitted by regression to the same targets instead of ridge
-(MODEL_CARD.md, session 8: closer to the targets than the linear map at 16 tokens):
+(EXPERIMENTS.md, session 8: closer to the targets than the linear map at 16 tokens):
 
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.hidden_dim=1024 \
         --truth data/shapes/train/truth.jsonl --images 5000 --adapters-from runs/smol-oracle/final --out runs/smol-mlp
 
 64 tokens (pixel shuffle r = 2), and instance targets: a shape named in full only in the cell holding its centre,
-by its colour in the other cells it covers, so that each object is one shape word (MODEL_CARD.md, session 9):
+by its colour in the other cells it covers, so that each object is one shape word (EXPERIMENTS.md, session 9):
 
     .venv/bin/python scripts/fit_connector.py recipes/vlmkit-smol-stage1.toml --set model.connector.scale_factor=2 \
         --set model.connector.hidden_dim=1024 --targets instance --truth data/shapes/train/truth.jsonl --images 4000 \
@@ -178,8 +178,8 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, proj: torch.nn.Sequential, epochs:
             batch: int = 256, seed: int = 0) -> None:
     """Fit the MLP projection (Linear, GELU, Linear) to the targets by regression: MSE plus 0.1 x cosine distance,
     AdamW with a one-cycle schedule. Gradient descent here never sees the LM, so it cannot learn the constant soft
-    prompt that training through the LM did (MODEL_CARD.md). The inputs are standardised per feature for the fit;
-    that scaling is folded into the first layer afterwards, so the connector takes its usual inputs."""
+    prompt that training through the LM did (EXPERIMENTS.md, sessions 2 and 3). The inputs are standardised per
+    feature for the fit; that scaling is folded into the first layer afterwards, so the connector takes its usual inputs."""
     g = torch.Generator().manual_seed(seed)
     first = proj[0]
     with torch.no_grad():  # a fresh init of the same shapes, from this seed

@@ -1,6 +1,6 @@
 """Abstention conversations for worlds the model was not trained to read: the scenes' own questions, every answer
 UNSURE. vlmkit-smol learnt to abstain on textures (`vlmkit data make unsure`), but after end-to-end training on
-shapes it answered chart questions with shape words ("star" to 45 of 100; MODEL_CARD.md, session 12): a chart or a
+shapes it answered chart questions with shape words ("star" to 45 of 100; EXPERIMENTS.md, session 12): a chart or a
 page of text looks like a scene to a tower that now finds shapes everywhere. Until charts and text are trained
 for real, the right answer there is "I can't tell". Written next to the scenes (training split only; take these
 files out of the mixture once the worlds themselves are trained):

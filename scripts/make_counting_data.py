@@ -2,8 +2,8 @@
 
 The generator asks one counting question per scene, usually about one colour or one kind of shape, so the answer
 "1" is right for most of them and vlmkit-smol says "1" to two thirds of the counting test questions
-(MODEL_CARD.md). Here each training scene asks how many shapes there are in all, and how many of each kind and of
-each colour it holds, in random order, so that more of the answers depend on the image. The counting twin of
+(EXPERIMENTS.md, session 9). Here each training scene asks how many shapes there are in all, and how many of each
+kind and of each colour it holds, in random order, so that more of the answers depend on the image. The counting twin of
 scripts/make_binding_data.py; written next to the scenes (same images, training split only):
 
     .venv/bin/python scripts/make_counting_data.py data/shapes/train   # -> data/shapes/train/counting.jsonl

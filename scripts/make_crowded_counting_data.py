@@ -1,7 +1,7 @@
 """Training scenes where one kind of shape, or one colour, appears three or four times, with their counting turns.
 
 vlmkit-smol counts whole scenes up to 8 well but answers "2" to "How many squares are there?" when there are three
-(MODEL_CARD.md, session 16): in scenes drawn from all 80 kinds such counts are rare (4% of the per-kind counting
+(EXPERIMENTS.md, session 16): in scenes drawn from all 80 kinds such counts are rare (4% of the per-kind counting
 turns are 3 or more). These scenes draw their 3 to 8 shapes from two shapes in two colours (ShapesConfig.few_kinds),
 so most per-kind counts are 2 to 4. The scenes keep the training split (the same split keys as every shapes scene,
 so no test layout can appear), and their conversations are scripts/make_counting_data.py's. Session 16's 100 LoRA

@@ -2,7 +2,7 @@
 
 The generator asks for one box per scene, always as its last turn. vlmkit-smol, trained on 40k such turns, puts a box
 in the right row but a random column: its box centres follow the true ones down the image (r = 0.80 on the test
-slice) and not across it (r = -0.07; MODEL_CARD.md, session 13). Here each training scene asks for the box of every
+slice) and not across it (r = -0.07; EXPERIMENTS.md, session 13). Here each training scene asks for the box of every
 object, named by its shortest unique description as the generator names it, in random order: 4.5 box answers per
 scene instead of one. (On CPU, 160 steps with it as 40% of the samples tightened the rows and left the columns at
 chance: recipes/experiments/vlmkit-smol-grounding.toml.) The grounding twin of scripts/make_counting_data.py; written next to the scenes

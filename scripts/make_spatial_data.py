@@ -1,12 +1,12 @@
 """Spatial conversations for stage 2: the relations a training scene answers clearly, several turns each.
 
 The generator asks one spatial question per scene, and vlmkit-smol answers them at chance: it says "yes" to 34 of 38
-yes-questions and to 36 of 38 no-questions (MODEL_CARD.md). Here each training scene asks, in random order, which
-shape is furthest in each direction (where the lead is clear), up to four "is A left of / above B" questions with as
-many "no" as "yes" answers, and for a lone shape which side of the image it is on. Every relation is asked only where
+yes-questions and to 36 of 38 no-questions (EXPERIMENTS.md, session 10). Here each training scene asks, in random
+order, which shape is furthest in each direction (where the lead is clear), up to four "is A left of / above B"
+questions with as many "no" as "yes" answers, and for a lone shape which side of the image it is on. Every relation is asked only where
 the generator would ask it: centres apart by at least ShapesConfig.clear of the side (half that for extremes and
 sides). The spatial twin of scripts/make_binding_data.py; 100 steps with it as a third of the turns left spatial at
-chance, on these training questions too (MODEL_CARD.md, session 10). Written next to the scenes (training split only):
+chance, on these training questions too (EXPERIMENTS.md, session 10). Written next to the scenes (training split only):
 
     .venv/bin/python scripts/make_spatial_data.py data/shapes/train   # -> data/shapes/train/spatial.jsonl
 """

@@ -8,7 +8,7 @@ embeddings of the words naming what covers each visual token's region, from the 
 - `train` (vlmkit-smol's stage 2b): wraps `vlmkit train` (same recipe, --set, --out, --resume), with every image of
   the given world folders encoded as its oracle tokens; any other image (easy-vqa, the ablation's blank image)
   keeps the model's own. Adapters that had only read real tokens scored 0.56 on colour with oracle tokens; 150
-  steps on them brought it to 0.78 (MODEL_CARD.md, vlmkit-smol, session 8): the LM can learn to bind.
+  steps on them brought it to 0.78 (EXPERIMENTS.md, session 8): the LM can learn to bind.
 - `text`: the bare SmolLM2, given the scene as text, on the colour questions (what the LM brings by itself).
 
 Images are recognised by a fingerprint of their processed pixels, since the trainer hands the model pixels,

@@ -24,7 +24,7 @@ how much each connector passes on from the tower, not how well SmolLM2 reads it.
 
 The linear, mlp2x_gelu and pixel_shuffle rows get `pre_norm` (a LayerNorm per tower token): the
 resamplers normalise their input inside, and without it the projections see vlmkit's ViT residual
-stream at its raw scale (see MODEL_CARD.md).
+stream at its raw scale (see EXPERIMENTS.md, sessions 2 and 3).
 
 Writes OUT/results.json and OUT/plot.png, and merges the section "Accuracy after the same training
 budget" into --md (bench/connectors/results.md). Data, initial weights, runs and eval folders go to
