@@ -12,6 +12,8 @@
       "stage 3b=docs/vlmkit-smol-e2e-more-metrics.jsonl@1930" --smooth 30 --out docs/images/vlmkit-smol-e2e-curves.png
   .venv/bin/python scripts/model_card_figures.py boxes "shipped=runs/eval/A" "more boxes=runs/eval/B" \
       --task worlds-test --out docs/images/vlmkit-smol-boxes.png    (a markdown table too)
+  .venv/bin/python scripts/model_card_figures.py relations runs/eval/A runs/eval/B --task shapes-val \
+      --worlds data/shapes/val     (a markdown table: relations by where the two shapes fall in the token raster)
 
 Failures are the first N wrong answers of each slice in sample order (not hand-picked).
 Photos come from scikit-image (public domain / CC0), never seen in training.
@@ -149,6 +151,56 @@ def boxes(args) -> None:
     print(f"wrote {args.out}")
 
 
+
+RELATION_CASES = ("above / below", "left / right, the earlier token row holds the left one",
+                  "left / right, the earlier token row holds the right one", "left / right, one token row")
+
+
+def relation_case(question: str, objects: list[dict], image_size: int, grid: int) -> str | None:
+    """Which RELATION_CASES a shapes relation question ("Is the red star left of the square?") falls in, from where
+    its two shapes' centres lie in the model's grid x grid raster of visual tokens; None for other questions.
+    A model that orders things by their place in the token sequence gets the second case right and the third wrong."""
+    import re
+
+    from vlmkit.data.shapes import _describe
+
+    m = re.fullmatch(r"Is the (.+) (left of|right of|above|below) the (.+)\?", question.strip())
+    if not m:
+        return None
+    named = {_describe(o, objects): o for o in objects}
+    a, rel, b = named[m.group(1)], m.group(2), named[m.group(3)]
+    if rel in ("above", "below"):
+        return RELATION_CASES[0]
+    row = lambda o: int(o["center"][1] * grid // image_size)
+    if row(a) == row(b):
+        return RELATION_CASES[3]
+    left, right = (a, b) if a["center"][0] < b["center"][0] else (b, a)
+    return RELATION_CASES[1] if row(left) < row(right) else RELATION_CASES[2]
+
+
+def relations(args) -> None:
+    """Spatial relations split by where the two shapes fall in the token raster, per run: does the model answer
+    "left of" from the shapes' columns or from their order in the sequence of visual tokens?"""
+    import json
+
+    scenes = {}
+    for line in open(Path(args.worlds) / "truth.jsonl"):
+        row = json.loads(line)
+        if "objects" in row["truth"]:  # shape scenes (a visual-world task mixes in words and charts)
+            scenes[row["id"]] = row["truth"]
+    print("| run | " + " | ".join(RELATION_CASES) + " |")
+    print("|---|" + "---:|" * len(RELATION_CASES))
+    for run in args.runs:
+        preds, scores = _run_task(run, args.task)
+        got = {c: [0, 0] for c in RELATION_CASES}
+        for p in preds:
+            scene = scenes.get(p["id"].rsplit("-q", 1)[0])
+            case = scene and relation_case(p["question"], scene["objects"], scene["size"][0], args.grid)
+            if case:
+                got[case][0] += scores[p["id"]] >= 1.0
+                got[case][1] += 1
+        print(f"| {Path(run).name} | " + " | ".join(f"{r} / {n}" for r, n in got.values()) + " |")
+
 def _eval_rows(path: Path) -> list[dict]:
     from vlmkit.train.plot import read_metrics
 
@@ -245,6 +297,12 @@ def main() -> None:
     bx.add_argument("--slice", default="grounding")
     bx.add_argument("--out", required=True)
     bx.set_defaults(func=boxes)
+    rl = sub.add_parser("relations")
+    rl.add_argument("runs", nargs="+", help="eval run folders (vlmkit eval --out) of a shapes task")
+    rl.add_argument("--task", required=True, help="the task's folder in each run, e.g. shapes-val")
+    rl.add_argument("--worlds", required=True, help="the scenes' folder, with truth.jsonl (data/shapes/val)")
+    rl.add_argument("--grid", type=int, default=8, help="visual tokens per side of the model's raster (8 for vlmkit-smol)")
+    rl.set_defaults(func=relations)
     cu = sub.add_parser("curves")
     cu.add_argument("runs", nargs="+", help="LABEL=METRICS.jsonl[@FIRST_STEP], one per run")
     cu.add_argument("--smooth", type=int, default=10)
