@@ -108,8 +108,11 @@ def test_spec_forms_and_resolution(tmp_path, monkeypatch):
     assert resolve(str(tmp_path / "t" / "samples.jsonl")).pass_bars == {}  # a bare samples file
     (tmp_path / "t" / "task.yaml").write_text("name: y\nsamples: samples.jsonl\npass_bars: {s: 0.25}\n")
     assert load_spec(tmp_path / "t" / "task.yaml").pass_bars == {"s": {"score": 0.25}}
-    register_task("unit-test-task", lambda root: spec_path, "for a test")
+    asked = []
+    register_task("unit-test-task", lambda root, progress: asked.append(progress) or spec_path, "for a test")
     assert resolve("unit-test-task").name == "mine"
+    assert resolve("unit-test-task", progress=False).name == "mine"
+    assert asked == [True, False]  # `vlmkit eval --no-progress` reaches the builder of a built-in task
     monkeypatch.setenv("VLMKIT_CACHE", str(tmp_path / "cache"))
     shutil.copytree(tmp_path / "t", tmp_path / "cache" / "eval" / "generated")
     assert resolve("generated").name == "mine"  # what a data generator leaves in the cache

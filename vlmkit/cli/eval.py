@@ -57,7 +57,7 @@ def run(args) -> int:
     model_name = str(model_dir) if model_dir else "the default VLM"
     # a registered task says what it needs before its data is built; a spec path says so once read
     check_model_kind({n: k for n in names if (k := registered_model_kind(n))}, kind, model_name)
-    tasks = [resolve(name) for name in names]  # fail fast, before the model loads
+    tasks = [resolve(name, progress=not args.no_progress) for name in names]  # fail fast, before the model loads
     check_model_kind({t.name: t.model_kind for t in tasks}, kind, model_name)
     model = _load(model_dir, kind)
     model_dir = model_dir or getattr(model, "path", None)

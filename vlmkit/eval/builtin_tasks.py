@@ -1,9 +1,9 @@
 """Built-in tasks: easy-vqa from its package, the hook for the visual-world generator, and the
 dual-encoder tasks retrieval and zeroshot-fmnist (data from embedding_data.py).
 
-Each builder takes the eval cache root ($VLMKIT_CACHE/eval) and returns the path of
-a task spec it wrote there, building it once (into a temporary folder, renamed into
-place, so an interrupted build leaves nothing half-written).
+Each builder takes the eval cache root ($VLMKIT_CACHE/eval) and whether to show progress
+bars, and returns the path of a task spec it wrote there, building it once (into a temporary
+folder, renamed into place, so an interrupted build leaves nothing half-written).
 
 visual-world: the generator lives in the data package. The contract is a function
 `vlmkit.data.worlds.build_eval_task(out_dir: Path) -> Path` that writes a task spec
@@ -54,7 +54,7 @@ def build_once(root: Path, name: str, write: Callable[[Path], object]) -> Path:
     return spec
 
 
-def build_easy_vqa(root: Path) -> Path:
+def build_easy_vqa(root: Path, progress: bool = True) -> Path:  # a file copy: no bar
     if (root / "easy-vqa" / "task.json").is_file():
         return root / "easy-vqa" / "task.json"
     try:
@@ -78,7 +78,7 @@ def build_easy_vqa(root: Path) -> Path:
     return build_once(root, "easy-vqa", write)
 
 
-def build_visual_world(root: Path) -> Path:
+def build_visual_world(root: Path, progress: bool = True) -> Path:
     try:
         module = importlib.import_module(WORLD_MODULE)
     except ModuleNotFoundError as e:
@@ -91,19 +91,20 @@ def build_visual_world(root: Path) -> Path:
         raise TaskError(f"{WORLD_MODULE} has no {WORLD_BUILDER}(out_dir) -> spec path; pass a task spec path instead")
     # the folder names the sample format: a cache written before the shapes questions named their kind (v2) is
     # left alone and a new one is built beside it (a minute), so every report can split a slice by kind
-    return Path(build(root / "visual-world-v2"))
+    return Path(build(root / "visual-world-v2", progress=progress))
 
 
-def build_retrieval(root: Path) -> Path:
+def build_retrieval(root: Path, progress: bool = True) -> Path:
     from .embedding_data import write_retrieval_task
 
-    return build_once(root, "retrieval", write_retrieval_task)
+    return build_once(root, "retrieval", lambda out: write_retrieval_task(out, progress=progress))
 
 
-def build_zeroshot_fmnist(root: Path) -> Path:
+def build_zeroshot_fmnist(root: Path, progress: bool = True) -> Path:
     from .embedding_data import write_zeroshot_task
 
-    return build_once(root, "zeroshot-fmnist", lambda out: write_zeroshot_task(out, bar=ZEROSHOT_FMNIST_BAR))
+    return build_once(root, "zeroshot-fmnist", lambda out: write_zeroshot_task(out, bar=ZEROSHOT_FMNIST_BAR,
+                                                                            progress=progress))
 
 
 register_task("easy-vqa", build_easy_vqa, "easy-vqa test split: 9,673 questions on 1,000 images, exact match, bar 0.95")

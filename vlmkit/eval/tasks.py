@@ -239,7 +239,8 @@ def check_model_kind(needs: dict[str, str], model_kind: str, model_name: str = "
 
 
 # ---- the registry ----
-Builder = Callable[[Path], Path]  # cache root -> path of the spec it wrote (idempotent)
+# (cache root, show progress bars) -> path of the spec it wrote (idempotent)
+Builder = Callable[[Path, bool], Path]
 _REGISTRY: dict[str, tuple[Builder, str, str]] = {}
 
 
@@ -268,7 +269,9 @@ def eval_cache() -> Path:
     return cache_dir() / "eval"
 
 
-def resolve(name: str) -> TaskSpec:
+def resolve(name: str, progress: bool = True) -> TaskSpec:
+    """A task spec from a path, a registered name (built into the eval cache the first time, with progress bars
+    unless progress is False) or a folder already in the cache."""
     path = Path(name).expanduser()
     if path.exists():
         return load_spec(path)
@@ -276,7 +279,7 @@ def resolve(name: str) -> TaskSpec:
     if name in _REGISTRY:
         root = eval_cache()
         root.mkdir(parents=True, exist_ok=True)
-        return load_spec(_REGISTRY[name][0](root))
+        return load_spec(_REGISTRY[name][0](root, progress))
     cached = eval_cache() / name
     if cached.is_dir() and any((cached / n).is_file() for n in SPEC_NAMES):
         return load_spec(cached)
