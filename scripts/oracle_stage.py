@@ -84,23 +84,24 @@ def oracle_encoder(folders: list[Path], vision_cfg, tokenizer, targets: str = "c
     return encode_images
 
 
-def text_baseline(folder: Path, n: int) -> dict:
+def text_baseline(folder: Path, n: int, lm=None, tok=None) -> dict:
     """The LM's own binding, with no vision in the way: each colour question of `folder`'s eval.jsonl is asked of
     the bare SmolLM2-135M-Instruct after the scene written out ("The image shows: a large brown star, a small
-    yellow star, ..."). Scored by the first colour word of its answer."""
+    yellow star, ..."). Scored by the first colour word of its answer. lm / tok: another causal LM (a test's)."""
     import re
 
     from vlmkit.config import LMConfig
     from vlmkit.data.shapes import COLOURS
     from vlmkit.models.lm import LanguageModel
 
-    lm = LanguageModel.from_source("smollm2").model.eval()
-    tok = load_tokenizer(None, LMConfig(source="smollm2"))
+    if lm is None:
+        lm = LanguageModel.from_source("smollm2").model.eval()
+        tok = load_tokenizer(None, LMConfig(source="smollm2"))
     truth = {r["image"]: r["truth"] for r in map(json.loads, (folder / "truth.jsonl").read_text().splitlines())}
     rows = [r for r in map(json.loads, (folder / "eval.jsonl").read_text().splitlines()) if r["slice"] == "colour"][:n]
     right: Counter = Counter()
     total: Counter = Counter()
-    for r in tqdm(rows, desc="text-only colour questions"):
+    for r in tqdm(rows, desc="text-only colour questions", disable=len(rows) < 10):
         objs = truth[r["image"]]["objects"]
         scene = ", ".join(f"a {o['size']} {o['colour']} {o['shape']}" for o in objs)
         msgs = [{"role": "user", "content": f"The image shows: {scene}.\n{r['question']} Answer with one word."}]

@@ -52,3 +52,38 @@ def test_world_images_get_oracle_tokens_and_others_their_own(tmp_path):
     assert torch.equal(inst[0], want_inst)
     assert torch.equal(inst[0, right], want[right]) and not torch.allclose(inst[0, left], want[left])
     assert torch.allclose(inst[1], own[1])
+
+
+def test_text_baseline_scores_the_first_colour_word_by_kind_of_question(tmp_path):
+    """`oracle_stage.py text`: the LM gets the scene written out; its first colour word is the answer, and questions
+    whose shape is not unique in the scene (they need the size) are counted apart."""
+    from tiny import smollm2_tokenizer
+
+    oracle = _load("oracle_stage")
+    tok = smollm2_tokenizer()
+    objs = lambda *kinds: [{"size": z, "colour": c, "shape": s} for z, c, s in kinds]
+    scenes = {"a.png": objs(("large", "red", "circle"), ("small", "blue", "star")),
+              "b.png": objs(("large", "green", "square"), ("small", "yellow", "square"))}
+    (tmp_path / "truth.jsonl").write_text("".join(json.dumps({"image": k, "truth": {"objects": v}}) + "\n"
+                                                  for k, v in scenes.items()))
+    rows = [("a.png", "What colour is the circle?", "red"), ("a.png", "What colour is the star?", "blue"),
+            ("b.png", "What colour is the small square?", "yellow"), ("b.png", "How many squares?", "2")]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"image": i, "question": q, "answers": [a],
+                                                             "slice": "colour" if a != "2" else "counting"}) + "\n"
+                                                 for i, q, a in rows))
+    replies = iter(["It is red, not blue.", "Green.", "The small square is yellow"])
+    prompts = []
+
+    class ScriptedLM:  # answers from a script, and keeps what it was asked
+        def generate(self, ids, max_new_tokens, do_sample):
+            prompts.append(tok.decode(ids[0]))
+            reply = tok(next(replies), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            return torch.cat([ids, reply], dim=1)
+
+    got = oracle.text_baseline(tmp_path, n=10, lm=ScriptedLM(), tok=tok)
+    assert "The image shows: a large red circle, a small blue star.\nWhat colour is the circle?" in prompts[0]
+    assert len(prompts) == 3  # colour questions only
+    assert got["n/shape_unique"] == 2 and got["n/needs_size"] == 1
+    assert got["colour_text_only/shape_unique"] == 0.5  # "red" right, "green" wrong
+    assert got["colour_text_only/needs_size"] == 1.0
+    assert abs(got["colour_text_only"] - 2 / 3) < 1e-9
