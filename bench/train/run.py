@@ -95,7 +95,7 @@ def run_trainer(cfg, steps: int) -> dict:
         b = stage.collate(samples)
         return {k: b[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
 
-    times, tokens = [], []
+    times = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -188,7 +188,7 @@ def write_results(rows: list[dict], counts: dict, args) -> None:
     by = {(r["config"], r["loop"]): r for r in rows}
     configs = list(dict.fromkeys(r["config"] for r in rows))
     cmd = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} .venv/bin/python bench/train/run.py --batch {args.batch} --steps {args.steps}"
-    lines = [f"# Training throughput: vlmkit loop vs transformers Trainer (CPU)", "",
+    lines = ["# Training throughput: vlmkit loop vs transformers Trainer (CPU)", "",
              f"Command: `{cmd}`  ", f"Model: ViT 224/16/96x2 + pixel-shuffle + SmolLM2-135M (fp32), batch {args.batch}, "
              f"{args.steps - 1} timed steps after 1 warm-up, same dataset, collator and frozen/trainable parameters in both loops. "
              f"Machine: {os.cpu_count()} CPU cores, torch {__import__('torch').__version__}, load average {os.getloadavg()[1]:.1f} "
