@@ -151,7 +151,6 @@ def boxes(args) -> None:
     print(f"wrote {args.out}")
 
 
-
 RELATION_CASES = ("above / below", "left / right, the earlier token row holds the left one",
                   "left / right, the earlier token row holds the right one", "left / right, one token row")
 
@@ -200,6 +199,7 @@ def relations(args) -> None:
                 got[case][0] += scores[p["id"]] >= 1.0
                 got[case][1] += 1
         print(f"| {Path(run).name} | " + " | ".join(f"{r} / {n}" for r, n in got.values()) + " |")
+
 
 def _eval_rows(path: Path) -> list[dict]:
     from vlmkit.train.plot import read_metrics
