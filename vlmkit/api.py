@@ -124,23 +124,10 @@ class VLM:
         """Token ids with visual positions; per-image layouts when a tiling policy or merging is on."""
         tiling = tiling if tiling is not None else self.tiling
         merge = merge_threshold if merge_threshold is not None else self.merge_threshold
-        grid = self.cfg.image_positions == "grid"
-        twice = self.cfg.image_token_order != "rows"
-        whole_images_only = self.cfg.fusion.kind != "none" or self.cfg.image_row_separator or grid or twice
-        if whole_images_only and (tiling is not None or merge is not None or any(map(has_video_parts, messages))):
-            # tiles, merged tokens and frames get their own layouts, which neither kind of model has yet
-            if self.cfg.fusion.kind != "none":  # an image is one marker position whose features feed cross-attention
-                raise VlmkitError(f"{self.cfg.fusion.kind} fusion models take whole images only: "
-                                  "tiling, token merging and video are not supported with fusion")
-            if self.cfg.image_row_separator:  # without rows the model would read a layout it never saw
-                raise VlmkitError("this model separates the rows of its visual tokens (image_row_separator): "
-                                  "tiling, token merging and video are not supported with it yet")
-            if grid:  # 2-D positions need every image to be one full grid of the tower's tokens
-                raise VlmkitError("this model numbers its visual tokens by row and column (image_positions='grid'): "
-                                  "tiling, token merging and video are not supported with it yet")
-            raise VlmkitError("this model reads each image's visual tokens twice, by rows and by columns "
-                              "(image_token_order='rows+columns'): tiling, token merging and video are not supported "
-                              "with it yet")
+        if tiling is not None or merge is not None or any(map(has_video_parts, messages)):
+            why = self._whole_images_only()
+            if why:  # tiles, merged tokens and frames get their own layouts, which this model has never read
+                raise VlmkitError(f"{why}: tiling, token merging and video are not supported with it yet")
         label = self.label_images if label_images is None else label_images
         messages = self._expand_videos(messages, merge, max_new_tokens)
         args = (self.tokenizer, messages, self.cfg.image_token, self.cfg.image_token_id)
@@ -156,6 +143,20 @@ class VLM:
         p = build_prompt(*args, layout_for, images, label)
         p.visuals = visuals
         return p
+
+    def _whole_images_only(self) -> str | None:
+        """Why this model takes each image as one full grid of the tower's tokens, or None if it takes any layout."""
+        c = self.cfg
+        if c.fusion.kind != "none":  # an image is one marker position whose features feed cross-attention
+            return f"{c.fusion.kind} fusion models take whole images only"
+        if c.image_row_separator:
+            return "this model separates the rows of its visual tokens (image_row_separator)"
+        if c.image_positions == "grid":
+            return "this model numbers its visual tokens by row and column (image_positions='grid')"
+        if c.image_token_order != "rows":
+            return ("this model reads each image's visual tokens twice, by rows and by columns "
+                    "(image_token_order='rows+columns')")
+        return None
 
     def fitted_prompt(self, messages: list[dict], max_new_tokens: int = 0, on_over: str = "error", **request) -> Prompt:
         """A prompt that leaves room for max_new_tokens in the LM context. Over it: BudgetError, or with
