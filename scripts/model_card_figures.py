@@ -23,6 +23,7 @@ answer loss depends on the image at all, step by step, next to the scale of the 
 from __future__ import annotations
 
 import argparse
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -153,17 +154,16 @@ def boxes(args) -> None:
 
 RELATION_CASES = ("above / below", "left / right, the earlier token row holds the left one",
                   "left / right, the earlier token row holds the right one", "left / right, one token row")
+RELATION = re.compile(r"Is the (.+) (left of|right of|above|below) the (.+)\?")  # ShapesGenerator._spatial's form
 
 
 def relation_case(question: str, objects: list[dict], image_size: int, grid: int) -> str | None:
     """Which RELATION_CASES a shapes relation question ("Is the red star left of the square?") falls in, from where
     its two shapes' centres lie in the model's grid x grid raster of visual tokens; None for other questions.
     A model that orders things by their place in the token sequence gets the second case right and the third wrong."""
-    import re
-
     from vlmkit.data.shapes import _describe
 
-    m = re.fullmatch(r"Is the (.+) (left of|right of|above|below) the (.+)\?", question.strip())
+    m = RELATION.fullmatch(question.strip())
     if not m:
         return None
     named = {_describe(o, objects): o for o in objects}

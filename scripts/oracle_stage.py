@@ -101,7 +101,7 @@ def text_baseline(folder: Path, n: int, lm=None, tok=None) -> dict:
     rows = [r for r in map(json.loads, (folder / "eval.jsonl").read_text().splitlines()) if r["slice"] == "colour"][:n]
     right: Counter = Counter()
     total: Counter = Counter()
-    for r in tqdm(rows, desc="text-only colour questions", disable=len(rows) < 10):
+    for r in tqdm(rows, desc="text-only colour questions"):
         objs = truth[r["image"]]["objects"]
         scene = ", ".join(f"a {o['size']} {o['colour']} {o['shape']}" for o in objs)
         msgs = [{"role": "user", "content": f"The image shows: {scene}.\n{r['question']} Answer with one word."}]
