@@ -308,7 +308,22 @@ class VLM:
         """Prompts already built by `prompt` (a server counts their tokens before queueing them), as one batch."""
         embeds, mask, positions = self._embed_batch(prompts)
         return generate_from_embeds(self.model.lm, embeds, mask, self.tokenizer, config, self._eos, on_text,
-                                    logits_processor, positions)
+                                    logits_processor, positions, self._box_writer(prompts))
+
+    def _box_writer(self, prompts: list[Prompt]):
+        """The box head's inserter, or None without one. It reads the tower's patches of a prompt's one whole
+        image; prompts with tiles, frames or several images leave the digits to the LM."""
+        if self.model.box_head is None:
+            return None
+        from .models.box_head import BoxWriter
+
+        whole = [p.images[0] if len(p.images) == 1 and not p.visuals and not isinstance(p.images[0], _Frame) else None
+                 for p in prompts]
+        todo = [im for im in whole if im is not None]
+        feats = iter(self.model.vision.forward_features(self.image_processor(todo)) if todo else [])  # [n, N, D_vision]
+        patches = [next(feats) if im is not None else None for im in whole]
+        return BoxWriter(self.model.box_head, self.tokenizer, self.model.lm.embed_tokens,
+                         [p.input_ids for p in prompts], patches, self.cfg.image_token_id)
 
     def chat(self, messages: list[dict], stream: Callable[[str], None] | None = None, **kw) -> str:
         on_text = (lambda _row, delta: stream(delta)) if stream else None

@@ -230,6 +230,35 @@ class FusionConfig:
 
 
 @dataclass
+class BoxHeadConfig:
+    """A box decoder read when the LM writes `trigger` (models/box_head.py). Sizes of the query and of the patches
+    are derived from the LM and the tower."""
+
+    width: int = 128
+    num_heads: int = 4
+    # the token embeddings ending at the trigger that the head reads beside the LM's hidden state: the question's
+    # words, so that "the red triangle" picks its object even where the LM's state does not say which
+    context_tokens: int = 24
+    # self-attention layers over the query-gated patches: "the small triangle" is small next to the other triangles
+    patch_layers: int = 0
+    trigger: str = "<box>"
+    # derived: the LM's width, the tower's width and patch grid side (each patch's centre is where its box distances
+    # are measured from), and the side of the visual-token grid the LM reads
+    query_dim: int = field(init=False, default=0)
+    vision_dim: int = field(init=False, default=0)
+    grid: int = field(init=False, default=0)
+    token_grid: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        if self.width < 1 or self.num_heads < 1 or self.width % self.num_heads:
+            raise ValueError(f"box_head.width ({self.width}) must be a positive multiple of num_heads ({self.num_heads})")
+        if self.context_tokens < 0 or self.patch_layers < 0:
+            raise ValueError("box_head.context_tokens and box_head.patch_layers must be >= 0")
+        if not self.trigger:
+            raise ValueError("box_head.trigger must be a non-empty string")
+
+
+@dataclass
 class VLMConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
@@ -259,6 +288,9 @@ class VLMConfig:
     # content: vlmkit-smol answers "above" from the first and "left of" poorly (EXPERIMENTS.md, session 17). In the
     # second copy the columns are in sequence order too.
     image_token_order: str = "rows"
+    # A box decoder (models/box_head.py) that writes the coordinates after each `<box>` the LM writes, from the
+    # tower's patches; None: the LM writes them itself.
+    box_head: BoxHeadConfig | None = None
 
     def __post_init__(self):
         for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig), ("fusion", FusionConfig)):
@@ -269,6 +301,17 @@ class VLMConfig:
             self.connector.out_dim = self.lm.hidden_size
             self.connector.grid_size = self.vision.grid_size
             self.connector.__post_init__()
+        if isinstance(self.box_head, dict):
+            self.box_head = _from_dict(BoxHeadConfig, self.box_head)
+        if self.box_head is not None:
+            side = self.image_grid("box_head")[0]
+            if self.vision.num_tokens != self.vision.grid_size ** 2 or self.vision.grid_size % side or self.image_token_order != "rows":
+                raise ValueError("box_head reads the tower's patch grid and the LM's states on a coarser grid of visual "
+                                 f"tokens read once: the tower gives {self.vision.num_tokens} tokens, the LM reads a "
+                                 f"{side} x {side} grid ({self.image_token_order!r})")
+            bh = self.box_head
+            bh.query_dim, bh.vision_dim, bh.grid, bh.token_grid = (self.lm.hidden_size, self.vision.hidden_size,
+                                                                   self.vision.grid_size, side)
         if self.image_positions not in ("sequence", "grid"):
             raise ValueError(f"image_positions must be 'sequence' or 'grid', got {self.image_positions!r}")
         if self.image_positions == "grid" and self.image_row_separator:

@@ -16,6 +16,10 @@ import torch
 TextCallback = Callable[[int, str], None]
 # logits_processor(row, generated_ids, logits[V]) -> logits[V]: constrained decoding hooks in here
 LogitsProcessor = Callable[[int, list, torch.Tensor], torch.Tensor]
+# inserter(row, generated_ids, text, hidden[D]) -> token ids to write next instead of sampling, or None. It is asked
+# before each token with the LM's final hidden state at the last token, and, if it has a read_prompt method, handed
+# the prefill's final states [B, T, D] once; a box head hooks in here (models/box_head.py BoxWriter).
+Inserter = Callable[[int, list, str, torch.Tensor], "list[int] | None"]
 
 
 @dataclass
@@ -115,10 +119,24 @@ def generate_from_embeds(
     on_text: TextCallback | None = None,
     logits_processor: LogitsProcessor | None = None,
     position_ids: torch.Tensor | None = None,
+    inserter: Inserter | None = None,
 ) -> list[GenerationResult]:
     """inputs_embeds [B, T, D] (left-padded), attention_mask [B, T] -> one result per row.
     position_ids: the prompt's, [B, T] or [3, B, T] (VisionLanguageModel.position_ids); by default counted
     from the mask."""
+    if inserter is None:
+        return _generate(lm, inputs_embeds, attention_mask, tokenizer, cfg, eos_token_ids, on_text, logits_processor,
+                         position_ids, None)
+    lm.keep_hidden = True
+    try:
+        return _generate(lm, inputs_embeds, attention_mask, tokenizer, cfg, eos_token_ids, on_text, logits_processor,
+                         position_ids, inserter)
+    finally:
+        lm.keep_hidden, lm.hidden = False, None
+
+
+def _generate(lm, inputs_embeds, attention_mask, tokenizer, cfg, eos_token_ids, on_text, logits_processor,
+              position_ids, inserter) -> list[GenerationResult]:
     from transformers import DynamicCache
 
     B = inputs_embeds.shape[0]
@@ -130,12 +148,22 @@ def generate_from_embeds(
     cache = DynamicCache(config=lm.model.config) if cfg.use_cache else None
     out = lm(embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cfg.use_cache, logits_to_keep=1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_token_ids), 0)
+    if inserter is not None and hasattr(inserter, "read_prompt"):
+        inserter.read_prompt(lm.hidden)
 
+    queued: list[list[int]] = [[] for _ in range(B)]  # tokens an inserter wrote, fed one per step like sampled ones
     for step in range(cfg.max_new_tokens):
         logits = out.logits[:, -1].float()  # [B, V]
+        if inserter is not None:
+            for i, s in enumerate(streams):
+                if not s.done and not queued[i]:
+                    queued[i] = list(inserter(i, s.ids, s.text, lm.hidden[i, -1]) or [])
         if logits_processor is not None:
             logits = torch.stack([logits_processor(i, streams[i].ids, logits[i]) for i in range(B)])
         nxt = sample(logits, cfg, gen)  # [B]
+        for i, q in enumerate(queued):
+            if q:
+                nxt[i] = q.pop(0)
         for i, s in enumerate(streams):
             if not s.done:
                 s.push(int(nxt[i]), int(nxt[i]) in eos_token_ids)

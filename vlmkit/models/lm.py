@@ -111,6 +111,18 @@ class LanguageModel(nn.Module):
         self._rotary = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
         for m in self._rotary:
             m.register_forward_hook(self._grid_rotary)
+        # the final hidden states (after the last norm) of the latest forward, kept while keep_hidden is set: a box
+        # head reads them (models/box_head.py). A hook keeps the last layer's instead of every layer's states that
+        # output_hidden_states would return.
+        self.keep_hidden = False
+        self.hidden: torch.Tensor | None = None  # [B, T, D_lm]
+        self._final_norm = final_norm(model)
+        if self._final_norm is not None:
+            self._final_norm.register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module, args, output):
+        if self.keep_hidden:
+            self.hidden = output
 
     def _grid_rotary(self, module, args, output):
         if self._grid_ids is None:
@@ -155,6 +167,18 @@ class LanguageModel(nn.Module):
             )
         finally:
             self._grid_ids = None
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm after the last decoder layer of a transformers causal LM (Llama, Qwen, Mistral, Gemma: `norm`;
+    GPT-2, Falcon: `ln_f`), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm"):
+        m = getattr(decoder, name, None)
+        if isinstance(m, nn.Module):
+            return m
+    return None
 
 
 @functools.lru_cache(maxsize=None)

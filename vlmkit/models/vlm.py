@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import VLMConfig
 from ..errors import ModelLoadError
+from .box_head import BoxHead
 from .connectors import build_connector
 from .fusion import build_fusion
 from .lm import LanguageModel
@@ -39,6 +40,10 @@ class VisionLanguageModel(nn.Module):
             self._wrap_lora(cfg.lm.lora)
         # Flamingo mode: gated cross-attention hooked into the LM's decoder layers (models/fusion.py)
         self.fusion = build_fusion(cfg, lm)
+        # the coordinates after each `<box>`, from the tower's patches (models/box_head.py)
+        self.box_head = BoxHead(cfg.box_head) if cfg.box_head is not None else None
+        if self.box_head is not None and self.lm._final_norm is None:
+            raise ValueError(f"box_head reads the LM's final norm, which {type(lm.model).__name__} does not name")
 
     # ---- forward pieces ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,227 @@
+"""The box head (models/box_head.py), its place in generation, and fitting it (train/box_head.py)."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from tiny import smollm2_tokenizer, tiny_vlm_config
+from vlmkit.api import VLM
+from vlmkit.config import BoxHeadConfig, VLMConfig
+from vlmkit.errors import ModelLoadError
+from vlmkit.generation import GenerationConfig
+from vlmkit.models.box_head import BoxHead, BoxWriter, box_text, context_window
+from vlmkit.models.lm import LanguageModel
+from vlmkit.models.vlm import VisionLanguageModel
+from vlmkit.train.box_head import (as_conversation, box_iou, centrality, collect, evaluate, fit, generalized_iou,
+                                   reply_boxes, trigger_positions)
+
+
+def tiny_box_vlm(seed: int = 0) -> VLM:
+    torch.manual_seed(seed)
+    cfg = tiny_vlm_config()
+    cfg.box_head = BoxHeadConfig(width=16, num_heads=2, context_tokens=6)
+    cfg.__post_init__()
+    model = VisionLanguageModel(cfg, lm=LanguageModel(cfg.lm))
+    return VLM(model.eval(), smollm2_tokenizer())
+
+
+def test_config_derives_sizes_and_round_trips():
+    vlm = tiny_box_vlm()
+    bh = vlm.cfg.box_head
+    # LM width, tower width, 32 px / patch 8, and the LM's 4 x 4 visual tokens (mlp2x_gelu keeps the grid)
+    assert (bh.query_dim, bh.vision_dim, bh.grid, bh.token_grid) == (32, 24, 4, 4)
+    again = VLMConfig.from_dict(json.loads(json.dumps(vlm.cfg.to_dict())))
+    assert again.box_head == bh
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        BoxHeadConfig(width=10, num_heads=4)
+    cfg = tiny_vlm_config(keep_cls=True, use_cls=True)
+    cfg.box_head = BoxHeadConfig()
+    with pytest.raises(ValueError, match="square grid"):
+        cfg.__post_init__()
+    cfg = tiny_vlm_config()
+    cfg.image_token_order, cfg.box_head = "rows+columns", BoxHeadConfig()
+    with pytest.raises(ValueError, match="read once"):
+        cfg.__post_init__()
+
+
+def test_iou_giou_and_centrality_values():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    assert box_iou(a, a)[0].item() == pytest.approx(1.0)
+    b = torch.tensor([[0.25, 0.0, 0.75, 0.5]])
+    assert box_iou(a, b)[0].item() == pytest.approx(1 / 3)  # overlap 0.125 of union 0.375
+    far = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    # disjoint: IoU 0, the hull is the whole unit square and the two boxes cover half of it
+    assert generalized_iou(a, far).item() == pytest.approx(-0.5)
+    head = BoxHead(_sized(BoxHeadConfig(width=8, num_heads=2), grid=4))
+    box = torch.tensor([[0.0, 0.0, 0.5, 0.5]])  # the top-left 2 x 2 patches
+    t = centrality(head.centres, box, 4).view(4, 4)
+    assert (t[:2, :2] > 0).all() and t[2:].eq(0).all() and t[:, 2:].eq(0).all()
+    tiny = torch.tensor([[0.6, 0.6, 0.62, 0.62]])  # inside patch (row 2, col 2) but away from its centre
+    t = centrality(head.centres, tiny, 4).view(4, 4)
+    assert t[2, 2] > 0 and t.count_nonzero() == 1
+
+
+def _sized(cfg: BoxHeadConfig, grid: int, query_dim: int = 8, vision_dim: int = 6, token_grid: int = 2) -> BoxHeadConfig:
+    cfg.query_dim, cfg.vision_dim, cfg.grid, cfg.token_grid = query_dim, vision_dim, grid, token_grid
+    return cfg
+
+
+def test_predict_is_the_most_central_patchs_box_and_prints_in_thousandths():
+    head = BoxHead(_sized(BoxHeadConfig(width=8, num_heads=2), grid=4))
+    q, w, m, p = torch.randn(3, 8), torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool), torch.randn(3, 16, 6)
+    st = torch.randn(3, 4, 8)  # the LM's states on a 2 x 2 token grid, each covering 2 x 2 patches
+    scores, boxes = head(q, w, m, p, st)
+    assert scores.shape == (3, 16) and boxes.shape == (3, 16, 4)
+    k = scores.argmax(-1)
+    assert torch.equal(head.predict(q, w, m, p, st), boxes[torch.arange(3), k].clamp(0, 1))
+    # each patch's box holds its own centre: distances are positive
+    assert (boxes[..., :2] <= head.centres).all() and (boxes[..., 2:] >= head.centres).all()
+    assert box_text(torch.tensor([0.0, 0.1234, 0.5, 1.0])) == "0,123,500,1000</box>"
+
+
+def test_context_window_pads_and_hides_image_positions():
+    assert context_window([5, -200, -200, 7, 8], 4) == ([0, 0, 7, 8], [False, False, True, True])
+    assert context_window([7], 3) == ([0, 0, 7], [False, False, True])
+    assert context_window([1, 2], 0) == ([], [])
+
+
+def test_trigger_positions_only_in_replies():
+    trig = [44, 4810, 46]
+    ids = [9, 44, 4810, 46, 9, 44, 4810, 46, 3, 44, 4810, 46]
+    labels = [-100, -100, -100, -100, -100, 44, 4810, 46, 3, 44, 4810, 46]
+    assert trigger_positions(ids, labels, trig) == [7, 11]  # the user's own "<box>" is not a reply
+
+
+def test_reply_boxes_and_eval_rows():
+    row = as_conversation({"image": "x.png", "question": "Where is it?", "answers": ["<box>0,100,500,1000</box>"]})
+    assert row["conversations"][0]["value"] == "<image>\nWhere is it?"
+    assert [b.tolist() for b in reply_boxes(row)] == [pytest.approx([0.0, 0.1, 0.5, 1.0])]
+    two = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "<box>1,2,3,4</box> <box>5,6,7,8</box>"}]}
+    assert len(reply_boxes(two)) == 2
+
+
+def test_fit_learns_to_find_the_marked_patch():
+    """Each image has one patch carrying a marker (the query says which of two markers); the box is that patch.
+    Position is only in the patch's index, so the head must learn it from its position embeddings."""
+    g, n = 4, 512
+    torch.manual_seed(0)
+    head = BoxHead(_sized(BoxHeadConfig(width=32, num_heads=2), grid=g, query_dim=8, vision_dim=6))
+    markers = torch.randn(2, 6) * 3
+
+    def make(count):
+        patches = torch.randn(count, g * g, 6) * 0.3
+        where = torch.randint(0, g * g, (count, 2))
+        where[:, 1] = (where[:, 0] + 1 + torch.randint(0, g * g - 1, (count,))) % (g * g)  # a distinct patch
+        which = torch.randint(0, 2, (count,))
+        rows = torch.arange(count)
+        patches[rows, where[:, 0]] += markers[0]
+        patches[rows, where[:, 1]] += markers[1]
+        target = where[rows, which]
+        x, y = (target % g).float() / g, (target // g).float() / g
+        box = torch.stack([x, y, x + 1 / g, y + 1 / g], -1)
+        query = torch.nn.functional.one_hot(which, 8).float()
+        return {"query": query, "context": torch.zeros(count, 2, dtype=torch.long),
+                "context_mask": torch.zeros(count, 2, dtype=torch.bool), "patches": patches,
+                "states": torch.zeros(count, 4, 8), "image": torch.arange(count), "box": box}
+
+    embed = torch.nn.Embedding(4, 8).requires_grad_(False)
+    train, val = make(n), make(128)
+    before = evaluate(head, val, embed)["iou@0.5"]
+    history = fit(head, train, embed, steps=400, batch_size=64, lr=3e-3, val=val, every=200, progress=False)
+    assert before < 0.2
+    assert history[-1]["val_iou@0.5"] > 0.8
+
+
+def test_writer_fires_after_the_trigger_and_the_hidden_state_matches_teacher_forcing(tmp_path):
+    """The box written after "<box>" is the head's prediction from the LM's state at ">", which must equal the state
+    a teacher-forced forward of the same tokens gives (the state collect() trains on)."""
+    vlm = tiny_box_vlm()
+    tok, model = vlm.tokenizer, vlm.model
+    trig = tok("<box>", add_special_tokens=False).input_ids
+    img = Image.new("RGB", (32, 32), (200, 30, 30))
+    msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Find the square."}]}]
+
+    def force_trigger(row, ids, logits):  # make the random LM write "<box>" first
+        if len(ids) < len(trig):
+            logits = torch.full_like(logits, -1e9)
+            logits[trig[len(ids)]] = 0
+        return logits
+
+    seen = {}
+    real_predict = model.box_head.predict
+
+    def spy(query, words, mask, patches, states):
+        seen["query"], seen["states"] = query.clone(), states.clone()
+        return real_predict(query, words, mask, patches, states)
+
+    model.box_head.predict = spy
+    outs = {}
+    for use_cache in (True, False):
+        cfg = GenerationConfig(max_new_tokens=len(trig) + 25, use_cache=use_cache)
+        outs[use_cache] = vlm.generate([msgs], cfg, logits_processor=force_trigger)[0]
+        seen[use_cache] = (seen.pop("query"), seen.pop("states"))
+    out = outs[True]
+    assert out.text.startswith("<box>")
+    body = out.text[len("<box>"):].split("</box>")[0]
+    assert len(body.split(",")) == 4 and all(0 <= int(v) <= 1000 for v in body.split(","))
+    assert outs[False].text == out.text
+    for a, b in zip(seen[True], seen[False]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+    prompt = vlm.prompt(msgs)
+    ids = torch.tensor([prompt.input_ids + trig])
+    captured = {}
+    h = model.lm._final_norm.register_forward_hook(lambda m, a, o: captured.__setitem__("h", o))
+    with torch.no_grad():
+        model(ids, pixel_values=vlm.image_processor([img]), logits_to_keep=1)
+    h.remove()
+    torch.testing.assert_close(seen[True][0], captured["h"][:, -1], atol=1e-4, rtol=1e-4)
+    visual = ids[0] == model.cfg.image_token_id
+    torch.testing.assert_close(seen[True][1], captured["h"][:, visual], atol=1e-4, rtol=1e-4)
+
+
+def test_without_a_trigger_or_an_image_nothing_is_inserted():
+    vlm = tiny_box_vlm()
+    img = vlm.cfg.image_token_id
+    prompts = [[1] + [img] * 16 + [2], [3, 4]]  # batched left-padded to 20 columns: row 0 starts at column 2
+    writer = BoxWriter(vlm.model.box_head, vlm.tokenizer, vlm.model.lm.embed_tokens, prompts,
+                       [torch.zeros(16, 24), None], img)
+    hidden = torch.arange(2 * 20 * 32, dtype=torch.float32).view(2, 20, 32)
+    writer.read_prompt(hidden)
+    assert torch.equal(writer.states[0], hidden[0, 3:19]) and writer.states[1] is None
+    assert writer(0, [5], "hello", torch.zeros(32)) is None
+    assert writer(0, [5], "a <box>", torch.zeros(32))  # tokens of "x1,y1,x2,y2</box>"
+    assert writer(1, [5], "a <box>", torch.zeros(32)) is None
+
+
+def test_save_load_round_trip_is_strict(tmp_path):
+    vlm = tiny_box_vlm()
+    vlm.model.save_pretrained(tmp_path, tokenizer=vlm.tokenizer)
+    again = VisionLanguageModel.from_pretrained(tmp_path)
+    for k, v in vlm.model.box_head.state_dict().items():
+        assert torch.equal(v, again.box_head.state_dict()[k]), k
+    # the same weights under a config without the head: the head's keys are unexpected, an error
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["box_head"] = None
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="box_head"):
+        VisionLanguageModel.from_pretrained(tmp_path)
+
+
+def test_collect_reads_each_reply_box(tmp_path):
+    vlm = tiny_box_vlm()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nFind the square."}, {"from": "gpt", "value": "<box>0,0,500,500</box>"},
+        {"from": "human", "value": "And the circle?"}, {"from": "gpt", "value": "<box>500,500,1000,1000</box>"}]},
+        {"image": "a.png", "question": "Where is it?", "answers": ["<box>100,100,200,200</box>"]},
+        {"image": "missing.png", "question": "Where is it?", "answers": ["<box>100,100,200,200</box>"]}]
+    data = collect(vlm.model, vlm.tokenizer, vlm.image_processor, rows, tmp_path, progress=False)
+    assert data["image"].tolist() == [0, 0, 1] and int(data["skipped"]) == 1
+    assert data["box"][1].tolist() == pytest.approx([0.5, 0.5, 1.0, 1.0])
+    assert data["query"].shape == (3, 32) and data["patches"].shape == (2, 16, 24) and data["states"].shape == (2, 16, 32)
+    assert data["context"].shape == (3, 6)
+    # the window ends at ">" of the trigger
+    gt = vlm.tokenizer("<box>", add_special_tokens=False).input_ids
+    assert data["context"][0, -3:].tolist() == gt and data["context_mask"][0, -3:].all()
