@@ -72,8 +72,13 @@ for k in counting spatial grounding; do
   [ -f data/shapes/train/$k.jsonl ] || .venv/bin/python scripts/make_${k}_data.py data/shapes/train
 done
 train recipes/vlmkit-smol-abstain-keep.toml runs/vlmkit-smol-abstain-keep
+# stage 4: the box head (models/box_head.py), fitted on the finished model's own states; its other weights unchanged
+[ -f data/shapes/val/boxes.jsonl ] || .venv/bin/python scripts/make_grounding_data.py data/shapes/val --eval --scenes 30
+[ -f runs/vlmkit-smol-boxes/final/model.safetensors ] || .venv/bin/python scripts/fit_box_head.py \
+  runs/vlmkit-smol-abstain-keep/final --train data/shapes/train/grounding.jsonl --images 3000 \
+  --val data/shapes/val/boxes.jsonl --cache runs/box-head-cache --out runs/vlmkit-smol-boxes/final
 
-for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-abstain-keep; do
+for m in vlmkit-clip:vlmkit-clip-more vlmkit-smol:vlmkit-smol-boxes; do
   name=${m%%:*} run=runs/${m##*:}
   [ -f "weights/$name.new/model.safetensors" ] || $V export "$run/final" --out "weights/$name.new"
 done

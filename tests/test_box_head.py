@@ -9,7 +9,7 @@ from tiny import smollm2_tokenizer, tiny_vlm_config
 from vlmkit.api import VLM
 from vlmkit.config import BoxHeadConfig, VLMConfig
 from vlmkit.errors import ModelLoadError
-from vlmkit.generation import GenerationConfig
+from vlmkit.generation import GenerationConfig, generate_from_embeds
 from vlmkit.models.box_head import BoxHead, BoxWriter, box_text, context_window
 from vlmkit.models.lm import LanguageModel
 from vlmkit.models.vlm import VisionLanguageModel
@@ -157,9 +157,12 @@ def test_writer_fires_after_the_trigger_and_the_hidden_state_matches_teacher_for
 
     model.box_head.predict = spy
     outs = {}
+    prompt = vlm.prompt(msgs)
     for use_cache in (True, False):
         cfg = GenerationConfig(max_new_tokens=len(trig) + 25, use_cache=use_cache)
-        outs[use_cache] = vlm.generate([msgs], cfg, logits_processor=force_trigger)[0]
+        embeds, mask, positions = vlm._embed_batch([prompt])
+        outs[use_cache] = generate_from_embeds(model.lm, embeds, mask, tok, cfg, vlm._eos, None, force_trigger,
+                                               positions, vlm._box_writer([prompt]))[0]
         seen[use_cache] = (seen.pop("query"), seen.pop("states"))
     out = outs[True]
     assert out.text.startswith("<box>")
@@ -169,7 +172,6 @@ def test_writer_fires_after_the_trigger_and_the_hidden_state_matches_teacher_for
     for a, b in zip(seen[True], seen[False]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
-    prompt = vlm.prompt(msgs)
     ids = torch.tensor([prompt.input_ids + trig])
     captured = {}
     h = model.lm._final_norm.register_forward_hook(lambda m, a, o: captured.__setitem__("h", o))
@@ -179,6 +181,10 @@ def test_writer_fires_after_the_trigger_and_the_hidden_state_matches_teacher_for
     torch.testing.assert_close(seen[True][0], captured["h"][:, -1], atol=1e-4, rtol=1e-4)
     visual = ids[0] == model.cfg.image_token_id
     torch.testing.assert_close(seen[True][1], captured["h"][:, visual], atol=1e-4, rtol=1e-4)
+
+    # under constrained decoding (a logits processor, as a JSON schema sets) the head stays out of the way
+    plain = vlm.generate([msgs], GenerationConfig(max_new_tokens=len(trig) + 5), logits_processor=force_trigger)[0]
+    assert plain.text.startswith("<box>") and "query" not in seen
 
 
 def test_without_a_trigger_or_an_image_nothing_is_inserted():

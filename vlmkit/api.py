@@ -307,8 +307,10 @@ class VLM:
     def generate_prompts(self, prompts: list[Prompt], config: GenerationConfig, on_text=None, logits_processor=None) -> list[GenerationResult]:
         """Prompts already built by `prompt` (a server counts their tokens before queueing them), as one batch."""
         embeds, mask, positions = self._embed_batch(prompts)
+        # a constrained decoder (a JSON schema) tracks every token it allowed: the box head's tokens would bypass it
+        writer = self._box_writer(prompts) if logits_processor is None else None
         return generate_from_embeds(self.model.lm, embeds, mask, self.tokenizer, config, self._eos, on_text,
-                                    logits_processor, positions, self._box_writer(prompts))
+                                    logits_processor, positions, writer)
 
     def _box_writer(self, prompts: list[Prompt]):
         """The box head's inserter, or None without one. It reads the tower's patches of a prompt's one whole

@@ -2,8 +2,8 @@
 
 The VLM runs once over the grounding conversations, teacher-forced, and we keep, for every box answer, the LM's
 final hidden state at the trigger and the token ids ending there, and for every image its tower patches and the
-LM's final states at its visual tokens. The head then trains
-on those alone: thousands of steps a minute on two CPU cores, where one LoRA step of the LM takes fifteen seconds.
+LM's final states at its visual tokens. The head then trains on those alone: about 800 steps a minute on two CPU
+cores, where one LoRA step of the LM takes fifteen seconds.
 """
 from __future__ import annotations
 
