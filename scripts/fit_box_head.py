@@ -2,8 +2,8 @@
 
 vlmkit-smol writes boxes in the right row and a random column: its LM reads the visual tokens in raster order and
 never learned the column (EXPERIMENTS.md, sessions 13 to 17). The head takes over the coordinates: when the LM writes
-`<box>`, the head reads the LM's state there, the question's words and the tower's 16 x 16 patches, and writes
-"x1,y1,x2,y2</box>". The VLM runs once over the grounding conversations to collect what the head reads (cached in
+`<box>`, the head reads the LM's state there, the question's words, the tower's 16 x 16 patches and the LM's states
+at the visual tokens, and writes "x1,y1,x2,y2</box>". The VLM runs once over the grounding conversations to collect what the head reads (cached in
 --cache as safetensors, so a second fit skips it); the head then trains on that alone.
 
     .venv/bin/python scripts/fit_box_head.py weights/vlmkit-smol --train data/shapes/train/grounding.jsonl \
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--val", type=Path, help="held-out grounding rows, reported every --every steps")
     ap.add_argument("--out", type=Path, required=True, help="model folder to write: the VLM with its box head")
     ap.add_argument("--cache", type=Path, help="folder for the collected features")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=128, help="the head's width (BoxHeadConfig.width)")
