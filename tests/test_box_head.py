@@ -231,3 +231,31 @@ def test_collect_reads_each_reply_box(tmp_path):
     # the window ends at ">" of the trigger
     gt = vlm.tokenizer("<box>", add_special_tokens=False).input_ids
     assert data["context"][0, -3:].tolist() == gt and data["context_mask"][0, -3:].all()
+
+
+def test_fit_box_head_script_end_to_end(model_dir, tmp_path, monkeypatch):
+    """scripts/fit_box_head.py on the tiny model: features cached as safetensors, a head trained and saved with the
+    model, which loads strictly and refuses a second head."""
+    import repo_file
+
+    script = repo_file.load("scripts/fit_box_head.py")
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{i}.png")
+    rows = [{"image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nFind the square."},
+                                                    {"from": "gpt", "value": f"<box>{100 * i},0,{100 * i + 300},500</box>"}]}
+            for i in range(3)]
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["fit_box_head.py", str(model_dir), "--train", str(tmp_path / "g.jsonl"), "--val", str(tmp_path / "g.jsonl"),
+            "--out", str(out), "--cache", str(cache), "--steps", "4", "--every", "2", "--width", "16", "--no-progress"]
+    monkeypatch.setattr("sys.argv", argv)
+    script.main()
+    records = [json.loads(line) for line in (out / "box_head_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4] and all(0 <= r["val_iou@0.5"] <= 1 for r in records)
+    assert sorted(p.name for p in cache.iterdir()) == ["train-" + tmp_path.name + "-g-3000.safetensors",
+                                                       "val-" + tmp_path.name + "-g-0.safetensors"]
+    model = VisionLanguageModel.from_pretrained(out)
+    assert model.box_head is not None and model.cfg.box_head.width == 16
+    monkeypatch.setattr("sys.argv", ["fit_box_head.py", str(out), "--train", str(tmp_path / "g.jsonl"), "--out", str(tmp_path / "o2")])
+    with pytest.raises(SystemExit, match="already has a box head"):
+        script.main()
