@@ -6,7 +6,7 @@ never learned the column (EXPERIMENTS.md, sessions 13 to 17). The head takes ove
 at the visual tokens, and writes "x1,y1,x2,y2</box>". The VLM runs once over the grounding conversations to collect what the head reads (cached in
 --cache as safetensors, so a second fit skips it); the head then trains on that alone.
 
-    .venv/bin/python scripts/fit_box_head.py weights/vlmkit-smol --train data/shapes/train/grounding.jsonl \
+    .venv/bin/python scripts/fit_box_head.py runs/vlmkit-smol-abstain-keep/final --train data/shapes/train/grounding.jsonl \
         --images 3000 --val data/shapes/val/boxes.jsonl --cache runs/box-head-cache --out runs/vlmkit-smol-boxes
 
 --train takes LLaVA conversations whose replies are `<box>x1,y1,x2,y2</box>` (scripts/make_grounding_data.py);
