@@ -78,6 +78,15 @@ def test_predict_is_the_most_central_patchs_box_and_prints_in_thousandths():
     # each patch's box holds its own centre: distances are positive
     assert (boxes[..., :2] <= head.centres).all() and (boxes[..., 2:] >= head.centres).all()
     assert box_text(torch.tensor([0.0, 0.1234, 0.5, 1.0])) == "0,123,500,1000</box>"
+    # with self-attention over the patches, a patch's score depends on the others: change one patch, and the
+    # scores of the rest move (without it they would not)
+    for layers, moves in ((1, True), (0, False)):
+        torch.manual_seed(0)
+        mixed = BoxHead(_sized(BoxHeadConfig(width=8, num_heads=2, patch_layers=layers), grid=4))
+        p2 = p.clone()
+        p2[:, 0] += 1
+        a, b = mixed(q, w, m, p, st)[0][:, 1:], mixed(q, w, m, p2, st)[0][:, 1:]
+        assert (not torch.allclose(a, b)) == moves
 
 
 def test_context_window_pads_and_hides_image_positions():
