@@ -22,17 +22,13 @@ import torch
 
 
 def read_rows(path: Path, limit: int) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}:{n}: not JSON ({e})") from None
-            if limit and len(rows) >= limit:
-                break
-    return rows
+    """The first `limit` records (0: all) of a JSONL or JSON list; any unreadable record stops the fit."""
+    from vlmkit.train.data import read_json_records
+
+    records = read_json_records(path)
+    if records.bad_lines:
+        raise SystemExit(f"{path}: {sum(records.bad_lines.values())} records are not JSON objects")
+    return records.rows[:limit] if limit else records.rows
 
 
 def features(vlm, path: Path, limit: int, cache: Path | None, name: str, progress: bool) -> dict:

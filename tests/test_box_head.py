@@ -200,13 +200,16 @@ def test_without_a_trigger_or_an_image_nothing_is_inserted():
     vlm = tiny_box_vlm()
     img = vlm.cfg.image_token_id
     prompts = [[1] + [img] * 16 + [2], [3, 4]]  # batched left-padded to 20 columns: row 0 starts at column 2
-    writer = BoxWriter(vlm.model.box_head, vlm.tokenizer, vlm.model.lm.embed_tokens, prompts,
-                       [torch.zeros(16, 24), None], img)
+    looked_at = []
+    writer = BoxWriter(vlm.model.box_head, vlm.tokenizer, vlm.model.lm.embed_tokens, prompts, ["a.png", None],
+                       lambda image: looked_at.append(image) or torch.zeros(16, 24), img)
     hidden = torch.arange(2 * 20 * 32, dtype=torch.float32).view(2, 20, 32)
     writer.read_prompt(hidden)
     assert torch.equal(writer.states[0], hidden[0, 3:19]) and writer.states[1] is None
     assert writer(0, [5], "hello", torch.zeros(32)) is None
+    assert looked_at == []  # the tower runs only once a row writes the trigger
     assert writer(0, [5], "a <box>", torch.zeros(32))  # tokens of "x1,y1,x2,y2</box>"
+    assert looked_at == ["a.png"]
     assert writer(1, [5], "a <box>", torch.zeros(32)) is None
 
 

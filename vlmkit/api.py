@@ -321,11 +321,10 @@ class VLM:
 
         whole = [p.images[0] if len(p.images) == 1 and not p.visuals and not isinstance(p.images[0], _Frame) else None
                  for p in prompts]
-        todo = [im for im in whole if im is not None]
-        feats = iter(self.model.vision.forward_features(self.image_processor(todo)) if todo else [])  # [n, N, D_vision]
-        patches = [next(feats) if im is not None else None for im in whole]
         return BoxWriter(self.model.box_head, self.tokenizer, self.model.lm.embed_tokens,
-                         [p.input_ids for p in prompts], patches, self.cfg.image_token_id)
+                         [p.input_ids for p in prompts], whole,
+                         lambda image: self.model.vision.forward_features(self.image_processor([image]))[0],
+                         self.cfg.image_token_id)
 
     def chat(self, messages: list[dict], stream: Callable[[str], None] | None = None, **kw) -> str:
         on_text = (lambda _row, delta: stream(delta)) if stream else None

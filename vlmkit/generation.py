@@ -124,10 +124,7 @@ def generate_from_embeds(
     """inputs_embeds [B, T, D] (left-padded), attention_mask [B, T] -> one result per row.
     position_ids: the prompt's, [B, T] or [3, B, T] (VisionLanguageModel.position_ids); by default counted
     from the mask."""
-    if inserter is None:
-        return _generate(lm, inputs_embeds, attention_mask, tokenizer, cfg, eos_token_ids, on_text, logits_processor,
-                         position_ids, None)
-    lm.keep_hidden = True
+    lm.keep_hidden = inserter is not None  # the LM keeps its final states only for an inserter to read
     try:
         return _generate(lm, inputs_embeds, attention_mask, tokenizer, cfg, eos_token_ids, on_text, logits_processor,
                          position_ids, inserter)

@@ -24,6 +24,11 @@ def parse_box(text: str) -> list[int] | None:
     return [int(v) for v in m.groups()] if m else None
 
 
+def parse_boxes(text: str) -> list[list[int]]:
+    """Every box in the text, in order."""
+    return [[int(v) for v in m.groups()] for m in _BOX.finditer(text)]
+
+
 def box_to_pixels(box: list[int], size: tuple[int, int]) -> tuple[float, float, float, float]:
     w, h = size
     return box[0] * w / 1000, box[1] * h / 1000, box[2] * w / 1000, box[3] * h / 1000

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import BoxHeadConfig
+from ..data.boxes import format_box
 
 
 class BoxHead(nn.Module):
@@ -73,7 +74,7 @@ class BoxHead(nn.Module):
 
 def box_text(box: torch.Tensor) -> str:
     """[4] in 0..1 -> "x1,y1,x2,y2</box>", the grounding format's integers in 0..1000."""
-    return ",".join(str(int(round(float(v) * 1000))) for v in box) + "</box>"
+    return format_box([round(float(v) * 1000) for v in box]).removeprefix("<box>")
 
 
 def context_window(ids: list[int], k: int) -> tuple[list[int], list[bool]]:
@@ -87,14 +88,16 @@ def context_window(ids: list[int], k: int) -> tuple[list[int], list[bool]]:
 class BoxWriter:
     """generate_from_embeds' inserter: once a row's text ends with the trigger, the head's box as tokens.
 
-    prompt_ids: each row's prompt (unpadded); patches: each row's tower features [N, D_vision], or None where the
-    prompt does not hold exactly one whole image (the LM then writes the digits itself). read_prompt takes the LM's
-    final states over the left-padded prompt batch, from which each row keeps those at its visual tokens."""
+    prompt_ids: each row's prompt (unpadded); images: each row's one whole image, or None where the prompt does not
+    hold exactly one (the LM then writes the digits itself); patches_of(image) -> the tower's features [N, D_vision],
+    run only for a row that writes the trigger, since most answers are not boxes. read_prompt takes the LM's final
+    states over the left-padded prompt batch, from which each row keeps those at its visual tokens."""
 
-    def __init__(self, head: BoxHead, tokenizer, embed_tokens, prompt_ids: list[list[int]], patches: list,
-                 image_token_id: int):
+    def __init__(self, head: BoxHead, tokenizer, embed_tokens, prompt_ids: list[list[int]], images: list,
+                 patches_of, image_token_id: int):
         self.head, self.tok, self.embed = head, tokenizer, embed_tokens
-        self.prompt_ids, self.patches, self.image_token_id = prompt_ids, patches, image_token_id
+        self.prompt_ids, self.images, self.patches_of = prompt_ids, images, patches_of
+        self.image_token_id = image_token_id
         self.states: list[torch.Tensor | None] = [None] * len(prompt_ids)
         self.vocab = len(tokenizer)
 
@@ -102,7 +105,7 @@ class BoxWriter:
         """hidden [B, T, D_lm]: the prefill's final states; row i's prompt fills its last len(prompt_ids[i]) columns."""
         T = hidden.shape[1]
         for i, ids in enumerate(self.prompt_ids):
-            if self.patches[i] is not None:
+            if self.images[i] is not None:
                 where = [T - len(ids) + p for p, t in enumerate(ids) if t == self.image_token_id]
                 self.states[i] = hidden[i, where]  # [M, D_lm]
 
@@ -112,6 +115,7 @@ class BoxWriter:
         ctx, real = context_window([t if t < self.vocab else -1 for t in self.prompt_ids[row] + ids],
                                    self.head.cfg.context_tokens)
         words = self.embed(torch.tensor([ctx]))  # [1, K, D_lm]
+        patches = self.patches_of(self.images[row])  # [N, D_vision]
         box = self.head.predict(hidden[None].to(words.dtype), words, torch.tensor([real]),
-                                self.patches[row][None].to(words.dtype), self.states[row][None].to(words.dtype))[0]
+                                patches[None].to(words.dtype), self.states[row][None].to(words.dtype))[0]
         return self.tok(box_text(box), add_special_tokens=False).input_ids

@@ -8,17 +8,15 @@ cores, where one LoRA step of the LM takes fifteen seconds.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..data.boxes import parse_boxes
 from ..models.box_head import BoxHead, context_window
-from .collate import ConversationEncoder, LMCollator
+from .collate import ROLES, ConversationEncoder, LMCollator
 from .data import SkipSample
-
-BOX = re.compile(r"<box>\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*</box>")
 
 
 def as_conversation(row: dict) -> dict:
@@ -33,12 +31,8 @@ def as_conversation(row: dict) -> dict:
 
 def reply_boxes(row: dict) -> list[torch.Tensor]:
     """Every box in the row's replies, in order, as [4] in 0..1. A reply may hold several."""
-    boxes = []
-    for turn in row["conversations"]:
-        if turn.get("from") in ("gpt", "assistant"):
-            boxes += [torch.tensor([int(v) for v in m.groups()], dtype=torch.float32) / 1000
-                      for m in BOX.finditer(turn["value"])]
-    return boxes
+    return [torch.tensor(box, dtype=torch.float32) / 1000 for turn in row["conversations"]
+            if ROLES.get(turn.get("from")) == "assistant" for box in parse_boxes(turn["value"])]
 
 
 def trigger_positions(ids: list[int], labels: list[int], trigger_ids: list[int]) -> list[int]:
