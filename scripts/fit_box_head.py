@@ -9,6 +9,12 @@ at the visual tokens, and writes "x1,y1,x2,y2</box>". The VLM runs once over the
     .venv/bin/python scripts/fit_box_head.py runs/vlmkit-smol-abstain-keep/final --train data/shapes/train/grounding.jsonl \
         --images 3000 --val data/shapes/val/boxes.jsonl --cache runs/box-head-cache --out runs/vlmkit-smol-boxes
 
+After the LM or the tower changes (a LoRA stage), --refit trains the model's own head further on features collected
+anew (the cache is keyed by the model's weights):
+
+    .venv/bin/python scripts/fit_box_head.py runs/NEW/final --refit --train data/shapes/train/grounding.jsonl \
+        data/shapes/train/spatial-grounded.jsonl --images 1000 --steps 2000 --val data/shapes/val/boxes.jsonl ...
+
 --train takes LLaVA conversations whose replies are `<box>x1,y1,x2,y2</box>` (scripts/make_grounding_data.py);
 --val takes those or an evaluation task's rows ({question, answers}). Never pass a test split.
 """
@@ -31,11 +37,19 @@ def read_rows(path: Path, limit: int) -> list[dict]:
     return records.rows[:limit] if limit else records.rows
 
 
-def features(vlm, path: Path, limit: int, cache: Path | None, name: str, progress: bool) -> dict:
+def model_key(folder: str) -> str:
+    """Which weights the features came from: they are the LM's states, so a changed LM must not reuse them."""
+    import hashlib
+
+    st = (Path(folder) / "model.safetensors").stat()
+    return hashlib.sha256(f"{Path(folder).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+
+
+def features(vlm, path: Path, limit: int, cache: Path | None, name: str, progress: bool, model: str) -> dict:
     from vlmkit.models.weights import read_safetensors, save_safetensors
     from vlmkit.train.box_head import collect
 
-    key = cache / f"{name}-{path.parent.name}-{path.stem}-{limit}.safetensors" if cache else None
+    key = cache / f"{name}-{path.parent.name}-{path.stem}-{limit}-{model_key(model)}.safetensors" if cache else None
     if key is not None and key.is_file():
         print(f"{name}: features from {key}")
         return read_safetensors(key)
@@ -50,9 +64,11 @@ def features(vlm, path: Path, limit: int, cache: Path | None, name: str, progres
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a vlmkit model folder (weights/vlmkit-smol)")
-    ap.add_argument("--train", type=Path, required=True, help="grounding conversations (JSONL)")
-    ap.add_argument("--images", type=int, default=3000, help="rows of --train to read (0: all)")
-    ap.add_argument("--val", type=Path, help="held-out grounding rows, reported every --every steps")
+    ap.add_argument("--train", type=Path, nargs="+", required=True, help="conversations with box answers (JSONL)")
+    ap.add_argument("--images", type=int, default=3000, help="rows of each --train file to read (0: all)")
+    ap.add_argument("--val", type=Path, nargs="+", help="held-out rows with box answers, reported every --every steps")
+    ap.add_argument("--refit", action="store_true",
+                    help="start from the model's own head (after the LM or the tower changed) instead of a new one")
     ap.add_argument("--out", type=Path, required=True, help="model folder to write: the VLM with its box head")
     ap.add_argument("--cache", type=Path, help="folder for the collected features")
     ap.add_argument("--steps", type=int, default=5000)
@@ -69,20 +85,23 @@ def main() -> None:
     import vlmkit
     from vlmkit.config import BoxHeadConfig
     from vlmkit.models.box_head import BoxHead
-    from vlmkit.train.box_head import fit
+    from vlmkit.train.box_head import fit, merge
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     vlm = vlmkit.load(args.model)
     model = vlm.model
-    if model.box_head is not None:
-        raise SystemExit(f"{args.model} already has a box head")
-    model.cfg.box_head = BoxHeadConfig(width=args.width, patch_layers=args.patch_layers)
-    model.cfg.__post_init__()  # derives the head's sizes from the LM and the tower
-    model.box_head = BoxHead(model.cfg.box_head)
-    train = features(vlm, args.train, args.images, args.cache, "train", args.progress)
-    val = features(vlm, args.val, 0, args.cache, "val", args.progress) if args.val else None
+    if args.refit != (model.box_head is not None):
+        raise SystemExit(f"{args.model} already has a box head: pass --refit to train it further" if model.box_head
+                         else f"{args.model} has no box head to --refit")
+    if not args.refit:
+        model.cfg.box_head = BoxHeadConfig(width=args.width, patch_layers=args.patch_layers)
+        model.cfg.__post_init__()  # derives the head's sizes from the LM and the tower
+        model.box_head = BoxHead(model.cfg.box_head)
+    model.box_head.float()  # an fp16 export's head trains in fp32
+    train = merge([features(vlm, p, args.images, args.cache, "train", args.progress, args.model) for p in args.train])
+    val = merge([features(vlm, p, 0, args.cache, "val", args.progress, args.model) for p in args.val]) if args.val else None
 
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = args.out / "box_head_metrics.jsonl"

@@ -210,6 +210,8 @@ def test_without_a_trigger_or_an_image_nothing_is_inserted():
     assert looked_at == []  # the tower runs only once a row writes the trigger
     assert writer(0, [5], "a <box>", torch.zeros(32))  # tokens of "x1,y1,x2,y2</box>"
     assert looked_at == ["a.png"]
+    assert writer(0, [5, 6], "a <box>1,2,3,4</box>, b <box>", torch.ones(32))  # a second box: the same patches
+    assert looked_at == ["a.png"]
     assert writer(1, [5], "a <box>", torch.zeros(32)) is None
 
 
@@ -264,10 +266,50 @@ def test_fit_box_head_script_end_to_end(model_dir, tmp_path, monkeypatch):
     script.main()
     records = [json.loads(line) for line in (out / "box_head_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4] and all(0 <= r["val_iou@0.5"] <= 1 for r in records)
-    assert sorted(p.name for p in cache.iterdir()) == ["train-" + tmp_path.name + "-g-3000.safetensors",
-                                                       "val-" + tmp_path.name + "-g-0.safetensors"]
+    key = script.model_key(str(model_dir))
+    assert sorted(p.name for p in cache.iterdir()) == [f"train-{tmp_path.name}-g-3000-{key}.safetensors",
+                                                       f"val-{tmp_path.name}-g-0-{key}.safetensors"]
     model = VisionLanguageModel.from_pretrained(out)
     assert model.box_head is not None and model.cfg.box_head.width == 16
     monkeypatch.setattr("sys.argv", ["fit_box_head.py", str(out), "--train", str(tmp_path / "g.jsonl"), "--out", str(tmp_path / "o2")])
     with pytest.raises(SystemExit, match="already has a box head"):
         script.main()
+
+    # --refit: the model's own head trains further on features of the new weights from two files (6 boxes)
+    (tmp_path / "h.jsonl").write_text((tmp_path / "g.jsonl").read_text())
+    seen = {}
+    import vlmkit.train.box_head as box_train
+    monkeypatch.setattr(box_train, "fit", lambda head, train, *a, **k: seen.update(head=head, n=len(train["box"]),
+                                                                                   images=train["image"].tolist()))
+    monkeypatch.setattr("sys.argv", ["fit_box_head.py", str(out), "--refit", "--train", str(tmp_path / "g.jsonl"),
+                                     str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "o3"), "--cache", str(cache),
+                                     "--no-progress"])
+    script.main()
+    assert seen["n"] == 6 and seen["images"] == [0, 1, 2, 3, 4, 5]
+    torch.testing.assert_close(seen["head"].state_dict(), {k: v.float() for k, v in model.box_head.state_dict().items()})
+    assert len(list(cache.glob(f"*-{script.model_key(str(out))}.safetensors"))) == 2  # not the first model's
+    monkeypatch.setattr("sys.argv", ["fit_box_head.py", str(model_dir), "--refit", "--train", str(tmp_path / "g.jsonl"),
+                                     "--out", str(tmp_path / "o4")])
+    with pytest.raises(SystemExit, match="no box head"):
+        script.main()
+
+
+def test_a_training_stage_keeps_a_fitted_head_frozen(tmp_path, caplog):
+    """LoRA stages that start from a model with a box head (session 19's grounded relations) train no head weight,
+    and say so in one line, not one per tensor."""
+    from vlmkit.train.config import from_dict
+    from vlmkit.train.stages import build, param_groups
+
+    vlm = tiny_box_vlm()
+    vlm.model.save_pretrained(tmp_path / "vlm", tokenizer=vlm.tokenizer)
+    cfg = from_dict({"stage": "instruct", "out_dir": str(tmp_path / "run"), "model": {"init": str(tmp_path / "vlm")},
+                     "data": {"train": [str(tmp_path / "none.jsonl")]}, "lora": {"enabled": True, "r": 2}})
+    stage = build(cfg)
+    with caplog.at_level("WARNING", logger="vlmkit.train.stages"):
+        groups, _ = param_groups(stage, cfg)
+    trained = {id(p) for g in groups for p in g["params"]}
+    head = list(stage.model.box_head.parameters())
+    assert head and not any(p.requires_grad or id(p) in trained for p in head)
+    assert trained  # the adapters still train
+    warned = [r.getMessage() for r in caplog.records if "no tower" in r.getMessage()]
+    assert warned == [f"{len(head)} parameters belong to no tower and stay frozen: box_head"]

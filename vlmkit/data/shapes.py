@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -311,6 +312,29 @@ def _extreme(objects, rng, clear) -> QA | None:
     return QA(f"Which shape is {words[int(far)]}?", o["shape"], "spatial", "exact",
               [f"{o['colour']} {o['shape']}", f"the {_describe(o, objects)}"],
               kind="extreme: left / right" if axis == 0 else "extreme: top / bottom")
+
+
+RELATION_QUESTION = re.compile(r"^Is the (.+) (left of|right of|above|below) the (.+)\?$")
+
+
+def grounded_relation(question: str, answer: str, objects: list[dict]) -> str | None:
+    """A relation question's answer with its reasoning grounded first: both objects' boxes, then yes / no.
+
+    vlmkit-smol answers "left of" at chance where the two shapes' order in its token raster disagrees with their
+    columns, while its box head places boxes on both axes; written first, the boxes put the columns into the text the
+    LM reads before it answers (Shikra's grounded reasoning). "the red circle <box>..</box> and the square
+    <box>..</box>: no" reads as "no" under POPE's rule (a "no" word in the first sentence), so the yes / no metric
+    is unchanged. " and" follows the first box, not ",", because SmolLM2's tokenizer merges ">," into one token,
+    which the LM would never see after the box head's own "</box>" tokens. None for a question that is not a
+    relation between two objects of `objects`."""
+    m = RELATION_QUESTION.match(question.removeprefix("<image>\n").strip())
+    if m is None or answer not in ("yes", "no"):
+        return None
+    named = {_describe(o, objects): o for o in objects}
+    a, b = named.get(m.group(1)), named.get(m.group(3))
+    if a is None or b is None:
+        return None
+    return f"the {m.group(1)} {format_box(a['box'])} and the {m.group(3)} {format_box(b['box'])}: {answer}"
 
 
 def _where(position: str) -> str:

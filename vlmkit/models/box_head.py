@@ -99,6 +99,7 @@ class BoxWriter:
         self.prompt_ids, self.images, self.patches_of = prompt_ids, images, patches_of
         self.image_token_id = image_token_id
         self.states: list[torch.Tensor | None] = [None] * len(prompt_ids)
+        self.patches: dict[int, torch.Tensor] = {}  # a row's tower features, once it writes its first box
         self.vocab = len(tokenizer)
 
     def read_prompt(self, hidden: torch.Tensor) -> None:
@@ -115,7 +116,9 @@ class BoxWriter:
         ctx, real = context_window([t if t < self.vocab else -1 for t in self.prompt_ids[row] + ids],
                                    self.head.cfg.context_tokens)
         words = self.embed(torch.tensor([ctx]))  # [1, K, D_lm]
-        patches = self.patches_of(self.images[row])  # [N, D_vision]
+        if row not in self.patches:  # a grounded relation writes two boxes about one image
+            self.patches[row] = self.patches_of(self.images[row])  # [N, D_vision]
+        patches = self.patches[row]
         box = self.head.predict(hidden[None].to(words.dtype), words, torch.tensor([real]),
                                 patches[None].to(words.dtype), self.states[row][None].to(words.dtype))[0]
         return self.tok(box_text(box), add_special_tokens=False).input_ids

@@ -139,6 +139,15 @@ def head_loss(head: BoxHead, query, words, words_mask, patches, states, boxes) -
     return 5 * l_centre + l_box, {"centrality": l_centre.item(), "giou": l_box.item()}
 
 
+def merge(parts: list[dict]) -> dict:
+    """collect()'s outputs of several files as one: the boxes' image indices move past the earlier parts' images."""
+    out = {k: torch.cat([p[k] for p in parts]) for k in ("query", "context", "context_mask", "patches", "states", "box")}
+    offsets = torch.tensor([0] + [len(p["patches"]) for p in parts[:-1]]).cumsum(0)
+    out["image"] = torch.cat([p["image"] + o for p, o in zip(parts, offsets.tolist())])
+    out["skipped"] = sum(p["skipped"] for p in parts)
+    return out
+
+
 def batch_of(data: dict, idx: torch.Tensor, embed) -> tuple:
     image = data["image"][idx]
     return (data["query"][idx].float(), embed(data["context"][idx]).float(), data["context_mask"][idx],

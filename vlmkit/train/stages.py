@@ -328,9 +328,11 @@ def param_groups(stage: Stage, cfg: TrainConfig) -> tuple[list[dict], dict[str, 
     if not groups:
         raise ConfigError("every tower is frozen: nothing would train")
     unowned = [n for n in named if n not in owner and named[n].requires_grad]
-    for n in unowned:  # e.g. fusion blocks added to the LM later: trained with the connector
-        log.warning("parameter %s belongs to no tower; frozen", n)
+    for n in unowned:  # e.g. a box head fitted after training (scripts/fit_box_head.py): kept as it is
         named[n].requires_grad_(False)
+    if unowned:  # one line, not one per tensor: a box head alone has dozens
+        log.warning("%d parameters belong to no tower and stay frozen: %s", len(unowned),
+                    ", ".join(sorted({n.split(".")[0] for n in unowned})))
     return groups, counts
 
 

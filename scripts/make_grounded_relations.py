@@ -1,0 +1,62 @@
+"""Relation turns rewritten as grounded reasoning: both objects' boxes first, then yes / no (session 19).
+
+vlmkit-smol's box head places boxes on both axes (r = 0.96 across the image), while the LM answers "is A left of B" at
+chance where the two shapes' order in its token raster disagrees with their columns (MODEL_CARD.md, known failures).
+Here every "Is the A <relation> the B?" turn of a conversation file gets the answer
+`the A <box>..</box> and the B <box>..</box>: yes`, from the scene's ground truth (`vlmkit.data.shapes.grounded_relation`);
+at inference the box head writes the coordinates and the LM compares them. Other turns are kept as they are.
+
+    .venv/bin/python scripts/make_grounded_relations.py data/shapes/train conversations.jsonl spatial.jsonl
+    # -> data/shapes/train/conversations-grounded.jsonl, spatial-grounded.jsonl
+"""
+import argparse
+import json
+from pathlib import Path
+
+from vlmkit.data.shapes import RELATION_QUESTION, grounded_relation
+from vlmkit.files import write_text_atomic
+from vlmkit.train.data import read_json_records
+
+
+def rewrite(conv: dict, objects: list[dict]) -> tuple[dict, int]:
+    """(conv with its relation answers grounded, how many were). A relation turn that names no object of the scene
+    is an error: it would stay a bare yes / no and teach the LM both formats."""
+    turns, done = [dict(t) for t in conv["conversations"]], 0
+    for q, a in zip(turns[::2], turns[1::2]):
+        question = q["value"].removeprefix("<image>\n").strip()
+        if RELATION_QUESTION.match(question) is None:
+            continue
+        grounded = grounded_relation(question, a["value"], objects)
+        if grounded is None:
+            raise ValueError(f"{conv['id']}: relation turn {question!r} -> {a['value']!r} names no object of the scene")
+        a["value"], done = grounded, done + 1
+    return {**conv, "conversations": turns}, done
+
+
+def rows_of(path: Path) -> list[dict]:
+    records = read_json_records(path)
+    if records.bad_lines:  # a dropped row would silently keep its scene out of the mixture
+        raise SystemExit(f"{path}: {sum(records.bad_lines.values())} records are not JSON objects")
+    return records.rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="a shapes split with truth.jsonl")
+    ap.add_argument("files", nargs="+", help="conversation files in the folder; each NAME.jsonl -> NAME-grounded.jsonl")
+    args = ap.parse_args()
+    truth = {r["image"]: r["truth"]["objects"] for r in rows_of(args.folder / "truth.jsonl")}
+    for name in args.files:
+        convs = rows_of(args.folder / name)
+        out, total = [], 0
+        for conv in convs:
+            new, n = rewrite(conv, truth[conv["image"]])
+            out.append(new)
+            total += n
+        dest = args.folder / name.replace(".jsonl", "-grounded.jsonl")
+        write_text_atomic(dest, "".join(json.dumps(c) + "\n" for c in out))
+        print(f"wrote {dest}: {len(out)} conversations, {total} relation answers grounded")
+
+
+if __name__ == "__main__":
+    main()

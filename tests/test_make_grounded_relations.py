@@ -1,0 +1,72 @@
+"""Grounded relation answers (vlmkit.data.shapes.grounded_relation) and scripts/make_grounded_relations.py."""
+import json
+import random
+
+import pytest
+import repo_file
+
+from vlmkit.data.boxes import parse_boxes
+from vlmkit.data.shapes import ShapesConfig, ShapesGenerator, grounded_relation
+from vlmkit.eval.metrics.pope import yes_no
+
+
+def _obj(shape, colour, size, box):
+    return {"shape": shape, "colour": colour, "size": size, "box": box}
+
+
+OBJECTS = [_obj("circle", "red", "small", [100, 120, 180, 200]), _obj("circle", "blue", "large", [600, 500, 900, 800]),
+           _obj("star", "green", "small", [400, 40, 460, 100])]
+
+
+def test_both_boxes_in_the_questions_order_then_the_label():
+    text = grounded_relation("<image>\nIs the blue circle left of the star?", "no", OBJECTS)
+    assert text == "the blue circle <box>600,500,900,800</box> and the star <box>400,40,460,100</box>: no"
+    assert parse_boxes(text) == [[600, 500, 900, 800], [400, 40, 460, 100]]
+    # POPE's rule reads the label back from the whole answer, so the yes / no metric needs no change
+    assert yes_no(text) == "no"
+    assert yes_no(grounded_relation("Is the star above the red circle?", "yes", OBJECTS)) == "yes"
+
+
+@pytest.mark.parametrize("question, answer", [
+    ("Is the circle left of the star?", "yes"),  # "circle" names two objects
+    ("Is the star left of the purple square?", "yes"),  # no such object
+    ("Which shape is furthest to the left?", "star"),
+    ("Is the star on the left or the right side of the image?", "left"),
+    ("Is the star above the red circle?", "maybe"),
+])
+def test_anything_but_a_relation_between_two_named_objects_is_none(question, answer):
+    assert grounded_relation(question, answer, OBJECTS) is None
+
+
+def test_every_generated_relation_question_is_grounded_to_its_objects():
+    gen = ShapesGenerator(ShapesConfig(size=224))
+    rng, seen = random.Random(0), 0
+    for _ in range(60):
+        _, truth, _, qa = gen.build(gen.spec(rng), rng)
+        for q in qa:
+            if q.kind.startswith("relation"):
+                text = grounded_relation(q.question, q.answer, truth["objects"])
+                assert text is not None and yes_no(text) == q.answer
+                boxes = {tuple(o["box"]) for o in truth["objects"]}
+                assert len(parse_boxes(text)) == 2 and all(tuple(b) in boxes for b in parse_boxes(text))
+                seen += 1
+    assert seen >= 10
+
+
+def test_script_rewrites_relation_turns_only_and_refuses_unknown_objects(tmp_path, monkeypatch, capsys):
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"},
+             {"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "3"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl"])
+    mod.main()
+    out = json.loads((tmp_path / "c-grounded.jsonl").read_text())["conversations"]
+    assert [t["value"] for t in out] == [
+        turns[0]["value"], "the star <box>400,40,460,100</box> and the red circle <box>100,120,180,200</box>: yes",
+        "How many shapes are there?", "3"]
+    assert "1 relation answers grounded" in capsys.readouterr().out
+    turns[0]["value"] = "Is the star right of the circle?"  # two circles: which box is meant is unknown
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
+    with pytest.raises(ValueError, match="names no object"):
+        mod.main()
