@@ -1,0 +1,116 @@
+"""Can vlmkit-smol's LM learn to compare two written boxes? Text only, loss on the yes / no token alone.
+
+Session 19's grounded relations (EXPERIMENTS.md) have the LM write both objects' boxes and then answer "is A left of
+B"; after 100 LoRA steps its answers agreed with its own boxes only at chance. This probe removes everything else:
+no image, the prompt ends just before the answer word, and only that word's two logits ("yes", "no") are trained,
+on the shape scenes' true boxes. Accuracy on held-out pairs is printed every --every steps, apart for the x axis
+(left of / right of) and the y axis (above / below):
+
+    .venv/bin/python scripts/probe_box_comparison.py weights/vlmkit-smol data/shapes/train/truth.jsonl --lr 2e-4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+CLEAR = 0.1  # ShapesConfig.clear: relations are asked only where the centres are this far apart (of the side)
+
+
+def example(row: dict, rng: random.Random) -> tuple[str, bool, str] | None:
+    """(ChatML prompt ending at ": ", whether the answer is yes, the relation) for one clear relation, or None."""
+    from vlmkit.data.shapes import _describe, grounded_relation
+
+    objs, clear = row["truth"]["objects"], CLEAR * row["truth"]["size"][0]
+    pairs = []
+    for a in objs:
+        for b in objs:
+            if a is not b:
+                if b["center"][0] - a["center"][0] >= clear:
+                    pairs += [(a, "left of", b), (b, "right of", a)]
+                if b["center"][1] - a["center"][1] >= clear:
+                    pairs += [(a, "above", b), (b, "below", a)]
+    if not pairs:
+        return None
+    a, rel, b = rng.choice(pairs)
+    yes = rng.random() < 0.5
+    if not yes:  # swapped, the relation is clearly false
+        a, b = b, a
+    q = f"Is the {_describe(a, objs)} {rel} the {_describe(b, objs)}?"
+    reasoning = grounded_relation(q, "yes" if yes else "no", objs).rsplit(" ", 1)[0]  # up to ":", without the label
+    return f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{reasoning}", yes, rel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("truth", type=Path, help="a shapes split's truth.jsonl (the last --test rows are held out)")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--test", type=int, default=400, help="scenes held out")
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import vlmkit
+
+    torch.manual_seed(args.seed)
+    vlm = vlmkit.load(args.model)
+    lm, tok = vlm.model.lm.float(), vlm.tokenizer
+    params = []
+    for name, p in lm.named_parameters():
+        p.requires_grad_(".lora_" in name)
+        if p.requires_grad:
+            params.append(p)
+    if not params:
+        raise SystemExit(f"{args.model} has no LoRA adapters to train")
+    rows = [json.loads(line) for line in args.truth.read_text().splitlines() if line.strip()]
+    rng = random.Random(args.seed)
+    train = [e for e in (example(r, rng) for r in rows[:-args.test]) if e]
+    test = [e for e in (example(r, rng) for r in rows[-args.test:]) if e]
+    label_ids = [tok(w, add_special_tokens=False).input_ids[-1] for w in (" yes", " no")]
+
+    def answer_logits(exs) -> torch.Tensor:  # [B, 2]: "yes", "no" at the last prompt position
+        ids = [tok(p, add_special_tokens=False).input_ids for p, _, _ in exs]
+        T = max(map(len, ids))
+        x = torch.zeros(len(ids), T, dtype=torch.long)
+        mask = torch.zeros(len(ids), T, dtype=torch.long)
+        for i, s in enumerate(ids):  # left-padded, so every row's answer comes at the last column
+            x[i, T - len(s):], mask[i, T - len(s):] = torch.tensor(s), 1
+        out = lm(lm.embed_tokens(x), attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                 logits_to_keep=1)
+        return (out.logits if hasattr(out, "logits") else out[0])[:, -1, label_ids]
+
+    @torch.no_grad()
+    def accuracy() -> dict:
+        lm.eval()
+        right: dict[str, list[int]] = {"x": [], "y": []}
+        for s in range(0, len(test), 50):
+            exs = test[s:s + 50]
+            for (_, yes, rel), said_yes in zip(exs, (answer_logits(exs).argmax(-1) == 0).tolist()):
+                right["x" if rel in ("left of", "right of") else "y"].append(int(said_yes == yes))
+        lm.train()
+        return {f"acc_{k}": round(sum(v) / len(v), 3) for k, v in right.items()}
+
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    print(json.dumps({"step": 0, **accuracy()}), flush=True)
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        exs = rng.sample(train, args.batch_size)
+        target = torch.tensor([0 if yes else 1 for _, yes, _ in exs])
+        loss = torch.nn.functional.cross_entropy(answer_logits(exs), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % args.every == 0 or step == args.steps:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 3), **accuracy(),
+                              "seconds": round(time.time() - t0)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
