@@ -24,6 +24,19 @@ EXTREMES = ((0, "furthest to the left", False), (0, "furthest to the right", Tru
 MAX_RELATIONS = 4
 
 
+def clear_relations(objects: list[dict], clear: float) -> list[tuple[dict, str, dict]]:
+    """(a, relation, b) for every pair where a is `relation` b with centres at least `clear` pixels apart."""
+    true = []
+    for a in objects:
+        for b in objects:
+            if a is not b:
+                if b["center"][0] - a["center"][0] >= clear:
+                    true += [(a, "left of", b), (b, "right of", a)]
+                if b["center"][1] - a["center"][1] >= clear:
+                    true += [(a, "above", b), (b, "below", a)]
+    return true
+
+
 def questions(objects: list[dict], side: float, rng: random.Random) -> list[tuple[str, str]]:
     clear = ShapesConfig.clear * side
     if len(objects) == 1:
@@ -39,14 +52,7 @@ def questions(objects: list[dict], side: float, rng: random.Random) -> list[tupl
         order = sorted(objects, key=lambda o: o["center"][axis], reverse=far)
         if abs(order[1]["center"][axis] - order[0]["center"][axis]) >= clear / 2:
             qa.append((f"Which shape is {words}?", order[0]["shape"]))
-    true = []  # (a, relation, b) with a clearly `relation` b
-    for a in objects:
-        for b in objects:
-            if a is not b:
-                if b["center"][0] - a["center"][0] >= clear:
-                    true += [(a, "left of", b), (b, "right of", a)]
-                if b["center"][1] - a["center"][1] >= clear:
-                    true += [(a, "above", b), (b, "below", a)]
+    true = clear_relations(objects, clear)
     rng.shuffle(true)
     for k, (a, rel, b) in enumerate(true[:MAX_RELATIONS]):
         yes = k % 2 == 0  # as many "no" as "yes": swapping the two makes the relation clearly false

@@ -13,27 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-CLEAR = 0.1  # ShapesConfig.clear: relations are asked only where the centres are this far apart (of the side)
+sys.path.insert(0, str(Path(__file__).parent))  # the relations of scripts/make_spatial_data.py
 
 
 def example(row: dict, rng: random.Random) -> tuple[str, bool, str] | None:
     """(ChatML prompt ending at ": ", whether the answer is yes, the relation) for one clear relation, or None."""
-    from vlmkit.data.shapes import _describe, grounded_relation
+    from make_spatial_data import clear_relations
 
-    objs, clear = row["truth"]["objects"], CLEAR * row["truth"]["size"][0]
-    pairs = []
-    for a in objs:
-        for b in objs:
-            if a is not b:
-                if b["center"][0] - a["center"][0] >= clear:
-                    pairs += [(a, "left of", b), (b, "right of", a)]
-                if b["center"][1] - a["center"][1] >= clear:
-                    pairs += [(a, "above", b), (b, "below", a)]
+    from vlmkit.data.shapes import ShapesConfig, _describe, grounded_relation
+
+    objs = row["truth"]["objects"]
+    pairs = clear_relations(objs, ShapesConfig.clear * row["truth"]["size"][0])
     if not pairs:
         return None
     a, rel, b = rng.choice(pairs)
