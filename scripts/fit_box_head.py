@@ -28,7 +28,7 @@ import torch
 
 
 def read_rows(path: Path, limit: int) -> list[dict]:
-    """The first `limit` records (0: all) of a JSONL or JSON list; any unreadable record stops the fit."""
+    """The first `limit` records (0: all) of a JSONL or JSON list; any unreadable record stops the script (a dropped row would go unnoticed)."""
     from vlmkit.train.data import read_json_records
 
     records = read_json_records(path)

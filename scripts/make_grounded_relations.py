@@ -11,11 +11,14 @@ at inference the box head writes the coordinates and the LM compares them. Other
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from vlmkit.data.shapes import RELATION_QUESTION, grounded_relation
 from vlmkit.files import write_text_atomic
-from vlmkit.train.data import read_json_records
+
+sys.path.insert(0, str(Path(__file__).parent))  # the strict reader of scripts/fit_box_head.py
+from fit_box_head import read_rows  # noqa: E402
 
 
 def rewrite(conv: dict, objects: list[dict]) -> tuple[dict, int]:
@@ -33,21 +36,14 @@ def rewrite(conv: dict, objects: list[dict]) -> tuple[dict, int]:
     return {**conv, "conversations": turns}, done
 
 
-def rows_of(path: Path) -> list[dict]:
-    records = read_json_records(path)
-    if records.bad_lines:  # a dropped row would silently keep its scene out of the mixture
-        raise SystemExit(f"{path}: {sum(records.bad_lines.values())} records are not JSON objects")
-    return records.rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="a shapes split with truth.jsonl")
     ap.add_argument("files", nargs="+", help="conversation files in the folder; each NAME.jsonl -> NAME-grounded.jsonl")
     args = ap.parse_args()
-    truth = {r["image"]: r["truth"]["objects"] for r in rows_of(args.folder / "truth.jsonl")}
+    truth = {r["image"]: r["truth"]["objects"] for r in read_rows(args.folder / "truth.jsonl", 0)}
     for name in args.files:
-        convs = rows_of(args.folder / name)
+        convs = read_rows(args.folder / name, 0)  # a dropped row would keep its scene out
         out, total = [], 0
         for conv in convs:
             new, n = rewrite(conv, truth[conv["image"]])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the relations of scripts/make_spatial_data.py
+sys.path.insert(0, str(Path(__file__).parent))  # make_spatial_data's relations, fit_box_head's reader
 
 
 def example(row: dict, rng: random.Random) -> tuple[str, bool, str] | None:
@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from fit_box_head import read_rows
+
     import vlmkit
 
     torch.manual_seed(args.seed)
@@ -65,7 +67,7 @@ def main() -> None:
             params.append(p)
     if not params:
         raise SystemExit(f"{args.model} has no LoRA adapters to train")
-    rows = [json.loads(line) for line in args.truth.read_text().splitlines() if line.strip()]
+    rows = read_rows(args.truth, 0)
     rng = random.Random(args.seed)
     train = [e for e in (example(r, rng) for r in rows[:-args.test]) if e]
     test = [e for e in (example(r, rng) for r in rows[-args.test:]) if e]
