@@ -8,6 +8,8 @@ at inference the box head writes the coordinates and the LM compares them. Other
 
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train conversations.jsonl spatial.jsonl
     # -> data/shapes/train/conversations-grounded.jsonl, spatial-grounded.jsonl
+    .venv/bin/python scripts/make_grounded_relations.py data/shapes/train conversations.jsonl spatial.jsonl --say-side
+    # -> ...-reasoned.jsonl: "the A <box>..</box> and the B <box>..</box> so the A is left of the B: no" (session 20)
 """
 import argparse
 import json
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the strict reader of scripts/f
 from fit_box_head import read_rows  # noqa: E402
 
 
-def rewrite(conv: dict, objects: list[dict]) -> tuple[dict, int]:
+def rewrite(conv: dict, objects: list[dict], say_side: bool = False) -> tuple[dict, int]:
     """(conv with its relation answers grounded, how many were). A relation turn that names no object of the scene
     is an error: it would stay a bare yes / no and teach the LM both formats."""
     turns, done = [dict(t) for t in conv["conversations"]], 0
@@ -29,7 +31,7 @@ def rewrite(conv: dict, objects: list[dict]) -> tuple[dict, int]:
         question = q["value"].removeprefix("<image>\n").strip()
         if RELATION_QUESTION.match(question) is None:
             continue
-        grounded = grounded_relation(question, a["value"], objects)
+        grounded = grounded_relation(question, a["value"], objects, say_side)
         if grounded is None:
             raise ValueError(f"{conv['id']}: relation turn {question!r} -> {a['value']!r} names no object of the scene")
         a["value"], done = grounded, done + 1
@@ -40,16 +42,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="a shapes split with truth.jsonl")
     ap.add_argument("files", nargs="+", help="conversation files in the folder; each NAME.jsonl -> NAME-grounded.jsonl")
+    ap.add_argument("--say-side", action="store_true",
+                    help="write which side of B A is on between the boxes and the answer (session 20); "
+                         "NAME.jsonl -> NAME-reasoned.jsonl")
     args = ap.parse_args()
     truth = {r["image"]: r["truth"]["objects"] for r in read_rows(args.folder / "truth.jsonl", 0)}
     for name in args.files:
         convs = read_rows(args.folder / name, 0)  # a dropped row would keep its scene out
         out, total = [], 0
         for conv in convs:
-            new, n = rewrite(conv, truth[conv["image"]])
+            new, n = rewrite(conv, truth[conv["image"]], args.say_side)
             out.append(new)
             total += n
-        dest = args.folder / name.replace(".jsonl", "-grounded.jsonl")
+        dest = args.folder / name.replace(".jsonl", "-reasoned.jsonl" if args.say_side else "-grounded.jsonl")
         write_text_atomic(dest, "".join(json.dumps(c) + "\n" for c in out))
         print(f"wrote {dest}: {len(out)} conversations, {total} relation answers grounded")
 

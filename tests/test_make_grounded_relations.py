@@ -70,3 +70,43 @@ def test_script_rewrites_relation_turns_only_and_refuses_unknown_objects(tmp_pat
     (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
     with pytest.raises(ValueError, match="names no object"):
         mod.main()
+
+
+def test_say_side_writes_the_boxes_true_side_then_the_label():
+    text = grounded_relation("Is the blue circle left of the star?", "no", OBJECTS, say_side=True)
+    assert text == ("the blue circle <box>600,500,900,800</box> and the star <box>400,40,460,100</box> "
+                    "so the blue circle is right of the star: no")
+    assert yes_no(text) == "no"
+    text = grounded_relation("Is the star above the red circle?", "yes", OBJECTS, say_side=True)
+    assert text.endswith("</box> so the star is above the red circle: yes") and yes_no(text) == "yes"
+    # the side is read from the boxes, whatever the label says
+    assert grounded_relation("Is the star below the red circle?", "no", OBJECTS, say_side=True).endswith(
+        "so the star is above the red circle: no")
+
+
+def test_say_side_agrees_with_every_generated_label():
+    gen = ShapesGenerator(ShapesConfig(size=224))
+    rng, seen = random.Random(1), 0
+    for _ in range(60):
+        _, truth, _, qa = gen.build(gen.spec(rng), rng)
+        for q in qa:
+            if q.kind.startswith("relation"):
+                text = grounded_relation(q.question, q.answer, truth["objects"], say_side=True)
+                said = text.rsplit(" is ", 1)[1].split(" the ")[0]
+                asked = next(r for r in ("left of", "right of", "above", "below") if f" {r} the " in q.question)
+                assert (said == asked) == (q.answer == "yes"), (q.question, text)
+                assert yes_no(text) == q.answer
+                seen += 1
+    assert seen >= 10
+
+
+def test_script_say_side_writes_reasoned_files(tmp_path, monkeypatch):
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side"])
+    mod.main()
+    out = json.loads((tmp_path / "c-reasoned.jsonl").read_text())["conversations"]
+    assert out[1]["value"].endswith("</box> so the star is right of the red circle: yes")
+    assert not (tmp_path / "c-grounded.jsonl").exists()

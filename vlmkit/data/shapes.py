@@ -317,7 +317,7 @@ def _extreme(objects, rng, clear) -> QA | None:
 RELATION_QUESTION = re.compile(r"^Is the (.+) (left of|right of|above|below) the (.+)\?$")
 
 
-def grounded_relation(question: str, answer: str, objects: list[dict]) -> str | None:
+def grounded_relation(question: str, answer: str, objects: list[dict], say_side: bool = False) -> str | None:
     """A relation question's answer with its reasoning grounded first: both objects' boxes, then yes / no.
 
     vlmkit-smol answers "left of" at chance where the two shapes' order in its token raster disagrees with their
@@ -326,7 +326,14 @@ def grounded_relation(question: str, answer: str, objects: list[dict]) -> str | 
     <box>..</box>: no" reads as "no" under POPE's rule (a "no" word in the first sentence), so the yes / no metric
     is unchanged. " and" follows the first box, not ",", because SmolLM2's tokenizer merges ">," into one token,
     which the LM would never see after the box head's own "</box>" tokens. None for a question that is not a
-    relation between two objects of `objects`."""
+    relation between two objects of `objects`.
+
+    say_side (session 20) adds the step between the boxes and the answer: "... <box>..</box> so the red circle is
+    left of the square: no", the side that the two centres show on the question's axis. Without it the yes / no is
+    an XOR of two balanced features (which number is smaller, and which relation was asked), and no single one of
+    them predicts the label, so a LoRA-tuned LM stays at chance (scripts/probe_box_comparison.py). Written out, each
+    step depends on one thing: the side on the comparison, the answer on whether two phrases are the same. "so", a
+    word, follows the box, since "</box>" followed by punctuation tokenizes differently from the head's own tokens."""
     m = RELATION_QUESTION.match(question.removeprefix("<image>\n").strip())
     if m is None or answer not in ("yes", "no"):
         return None
@@ -334,7 +341,13 @@ def grounded_relation(question: str, answer: str, objects: list[dict]) -> str | 
     a, b = named.get(m.group(1)), named.get(m.group(3))
     if a is None or b is None:
         return None
-    return f"the {m.group(1)} {format_box(a['box'])} and the {m.group(3)} {format_box(b['box'])}: {answer}"
+    boxes = f"the {m.group(1)} {format_box(a['box'])} and the {m.group(3)} {format_box(b['box'])}"
+    if not say_side:
+        return f"{boxes}: {answer}"
+    axis = 0 if m.group(2) in ("left of", "right of") else 1
+    before = a["box"][axis] + a["box"][axis + 2] < b["box"][axis] + b["box"][axis + 2]  # centres, doubled
+    side = ("left of", "right of") if axis == 0 else ("above", "below")
+    return f"{boxes} so the {m.group(1)} is {side[0] if before else side[1]} the {m.group(3)}: {answer}"
 
 
 def _where(position: str) -> str:

@@ -1,0 +1,99 @@
+"""Where a grounded relation answer goes wrong: its boxes, the side it says, or the yes / no after.
+
+A model trained on `scripts/make_grounded_relations.py` answers "Is the A left of the B?" in steps:
+`the A <box>..</box> and the B <box>..</box> so the A is right of the B: no` (with --say-side; without it, the
+boxes and then the answer). This reads an eval run's predictions.jsonl and, for each relation question, checks each
+step against the one before it, so a failed run says which step failed:
+
+    .venv/bin/python scripts/relation_chain_report.py runs/eval/MODEL/shapes-val-spatial/predictions.jsonl
+
+  relations right        the yes / no is the label (the harness's own score for these rows)
+  boxes written          the answer holds two boxes
+  boxes show the truth   the boxes' centres order as the label says (the question is asked only where the true
+                         centres differ by a tenth of the side, so this is what reading the boxes right gives)
+  side written           the answer says "so the A is <relation> the B"
+  side follows boxes     the side said is the one the written boxes show on the question's axis
+  answer follows side    yes exactly when the side said is the relation asked
+Each rate is over the rows where the step before it exists. --json prints the same as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from vlmkit.data.boxes import parse_boxes
+from vlmkit.data.shapes import RELATION_QUESTION
+from vlmkit.eval.metrics.pope import pope_label, yes_no
+
+SAID_SIDE = re.compile(r" so the .+ is (left of|right of|above|below) the ")
+FIRST_WORDS = ("left of", "above")  # the side where A's centre is the smaller number on its axis
+
+
+def boxes_side(boxes: list[list[int]], relation: str) -> str:
+    """The relation of the first box to the second on the question's axis, from their centres."""
+    axis = 0 if relation in ("left of", "right of") else 1
+    before = boxes[0][axis] + boxes[0][axis + 2] < boxes[1][axis] + boxes[1][axis + 2]
+    words = ("left of", "right of") if axis == 0 else ("above", "below")
+    return words[0] if before else words[1]
+
+
+def chain(record: dict) -> dict | None:
+    """One relation prediction split into its steps, or None for any other question."""
+    m = RELATION_QUESTION.match(record["question"].strip())
+    if m is None:
+        return None
+    asked, text = m.group(2), record["prediction"]
+    said_yes, true_yes = yes_no(text) == "yes", pope_label(record["answers"][0]) == "yes"
+    row = {"right": said_yes == true_yes, "axis": "x" if asked in ("left of", "right of") else "y", "said_yes": said_yes}
+    boxes = parse_boxes(text)
+    if len(boxes) >= 2:
+        shown = boxes_side(boxes, asked)
+        row["boxes_true"] = (shown == asked) == true_yes
+        side = SAID_SIDE.search(text)
+        if side:
+            row["side_follows_boxes"] = side.group(1) == shown
+            row["answer_follows_side"] = (side.group(1) == asked) == said_yes
+    return row
+
+
+def report(rows: list[dict]) -> dict:
+    def rate(key: str, among: list[dict]) -> dict:
+        hits = [r[key] for r in among if key in r]
+        return {"n": len(hits), "rate": round(sum(hits) / len(hits), 3) if hits else None}
+
+    boxed = [r for r in rows if "boxes_true" in r]
+    sided = [r for r in rows if "side_follows_boxes" in r]
+    out = {"relations": len(rows), "relations right": rate("right", rows),
+           "said yes": sum(r["said_yes"] for r in rows),
+           "boxes written": {"n": len(boxed), "rate": round(len(boxed) / len(rows), 3) if rows else None},
+           "boxes show the truth": rate("boxes_true", boxed),
+           "side written": {"n": len(sided), "rate": round(len(sided) / len(boxed), 3) if boxed else None},
+           "side follows boxes": rate("side_follows_boxes", sided),
+           "answer follows side": rate("answer_follows_side", sided)}
+    for axis in ("x", "y"):
+        out[f"right on {axis}"] = rate("right", [r for r in rows if r["axis"] == axis])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("predictions", type=Path, help="an eval run's predictions.jsonl")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    records = [json.loads(line) for line in args.predictions.read_text().splitlines() if line.strip()]
+    rows = [r for r in map(chain, records) if r is not None]
+    if not rows:
+        raise SystemExit(f"{args.predictions}: no relation questions ('Is the A left of the B?') among "
+                         f"{len(records)} predictions")
+    out = report(rows)
+    if args.json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        print(f"{k:22s} {v['rate'] if isinstance(v, dict) else v}" + (f"  (of {v['n']})" if isinstance(v, dict) else ""))
+
+
+if __name__ == "__main__":
+    main()
