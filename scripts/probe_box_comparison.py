@@ -78,6 +78,8 @@ def relation_step(prompt: str, yes: bool, rel: str) -> tuple[str, bool, str]:
     The yes / no answer is an XOR: whether A's number is the smaller, flipped by the question's relation word. Each
     alone says nothing about the label (both are balanced), so the gradient has no single feature to start from.
     Which side A is on depends on the comparison alone. Returns (prompt, whether A is left of / above B, rel)."""
+    # ", so" as in session 20's probe runs; the training answers (grounded_relation(say_side=True)) write " so",
+    # since "</box>," tokenizes unlike the box head's own tokens, which a text-only probe never meets
     head, tail = prompt.rsplit("\n", 1)
     subject = tail.removeprefix("the ").split(" at ")[0].split(" <box>")[0]
     return f"{head}\n{tail.removesuffix(':')}, so the {subject} is", yes == (rel in ("left of", "above")), rel
