@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # the strict reader of scripts/f
 from fit_box_head import read_rows  # noqa: E402
 
 
-def rewrite(conv: dict, objects: list[dict], say_side: bool = False) -> tuple[dict, int]:
+def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_only: bool = False) -> tuple[dict, int]:
     """(conv with its relation answers grounded, how many were). A relation turn that names no object of the scene
-    is an error: it would stay a bare yes / no and teach the LM both formats."""
+    is an error: it would stay a bare yes / no and teach the LM both formats. train_side_only gives each relation
+    answer up to "so the A is" as the turn's untrained "given" prefix (vlmkit.train.collate.to_messages), so that
+    the loss falls on the side and the yes / no alone."""
     turns, done = [dict(t) for t in conv["conversations"]], 0
     for q, a in zip(turns[::2], turns[1::2]):
         question = q["value"].removeprefix("<image>\n").strip()
@@ -34,6 +36,9 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False) -> tuple[di
         grounded = grounded_relation(question, a["value"], objects, say_side)
         if grounded is None:
             raise ValueError(f"{conv['id']}: relation turn {question!r} -> {a['value']!r} names no object of the scene")
+        if train_side_only:
+            cut = grounded.rindex(" is ") + len(" is")
+            a["given"], grounded = grounded[:cut], grounded[cut:]
         a["value"], done = grounded, done + 1
     return {**conv, "conversations": turns}, done
 
@@ -45,16 +50,22 @@ def main() -> None:
     ap.add_argument("--say-side", action="store_true",
                     help="write which side of B A is on between the boxes and the answer (session 20); "
                          "NAME.jsonl -> NAME-reasoned.jsonl")
+    ap.add_argument("--train-side-only", action="store_true",
+                    help="with --say-side: the boxes and 'so the A is' are given, only the side and the yes / no are "
+                         "trained; NAME.jsonl -> NAME-side.jsonl")
     args = ap.parse_args()
+    if args.train_side_only and not args.say_side:
+        ap.error("--train-side-only needs --say-side")
     truth = {r["image"]: r["truth"]["objects"] for r in read_rows(args.folder / "truth.jsonl", 0)}
     for name in args.files:
         convs = read_rows(args.folder / name, 0)  # a dropped row would keep its scene out
         out, total = [], 0
         for conv in convs:
-            new, n = rewrite(conv, truth[conv["image"]], args.say_side)
+            new, n = rewrite(conv, truth[conv["image"]], args.say_side, args.train_side_only)
             out.append(new)
             total += n
-        dest = args.folder / name.replace(".jsonl", "-reasoned.jsonl" if args.say_side else "-grounded.jsonl")
+        suffix = "-side" if args.train_side_only else "-reasoned" if args.say_side else "-grounded"
+        dest = args.folder / name.replace(".jsonl", suffix + ".jsonl")
         write_text_atomic(dest, "".join(json.dumps(c) + "\n" for c in out))
         print(f"wrote {dest}: {len(out)} conversations, {total} relation answers grounded")
 

@@ -99,3 +99,20 @@ def test_script_say_side_writes_reasoned_files(tmp_path, monkeypatch):
     out = json.loads((tmp_path / "c-reasoned.jsonl").read_text())["conversations"]
     assert out[1]["value"].endswith("</box> so the star is right of the red circle: yes")
     assert not (tmp_path / "c-grounded.jsonl").exists()
+
+
+def test_script_train_side_only_gives_the_boxes(tmp_path, monkeypatch):
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"},
+             {"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "3"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--train-side-only"])
+    mod.main()
+    out = json.loads((tmp_path / "c-side.jsonl").read_text())["conversations"]
+    assert out[1] == {"from": "gpt", "given": "the star <box>400,40,460,100</box> and the red circle "
+                      "<box>100,120,180,200</box> so the star is", "value": " right of the red circle: yes"}
+    assert out[3] == {"from": "gpt", "value": "3"}
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--train-side-only"])
+    with pytest.raises(SystemExit):
+        mod.main()

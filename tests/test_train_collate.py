@@ -152,3 +152,31 @@ def test_length_grouped_batches_cover_the_epoch_and_cut_padding():
     assert grouped.batches() != EpochBatchSampler(1000, 16, seed=3, lengths=lengths).batches()  # a new epoch reshuffles
     assert record_length({"conversations": [{"from": "human", "value": "abc"}, {"from": "gpt", "value": "de"}]}) == 5
     assert record_length({"image": "x.png", "text": "a red square"}) == 12
+
+
+def test_a_given_prefix_is_read_but_not_trained():
+    tok = smollm2_tokenizer()
+    given = "the square <box>1,2,3,4</box> and the circle <box>5,6,7,8</box> so the square is"
+    row = {"conversations": [{"from": "human", "value": "<image>\nIs the square left of the circle?"},
+                             {"from": "gpt", "value": " left of the circle: yes", "given": given}]}
+    msgs = to_messages(row, "<image>", 1, "")
+    assert msgs[1]["content"] == given + " left of the circle: yes"
+    ids, labels = encode_messages(tok, msgs, "<image>", IMG, tokens_per_image=4)
+    # the input is the whole reply, as if the model had written it
+    assert ids == tokenize_with_images(tok, render(tok, msgs, add_generation_prompt=False), "<image>", IMG, [4])
+    trained = tok.decode([t for t in labels if t != IGNORE])
+    assert trained == " left of the circle: yes<|im_end|>"
+    # the same turn without "given" trains the whole reply
+    plain = [msgs[0], {"role": "assistant", "content": msgs[1]["content"]}]
+    assert tok.decode([t for t in encode_messages(tok, plain, "<image>", IMG, 4)[1] if t != IGNORE]).startswith(given)
+
+
+def test_a_bad_given_prefix_skips_the_row():
+    import pytest
+
+    from vlmkit.train.collate import SkipSample
+    for turn in ({"from": "human", "value": "Hi", "given": "x"}, {"from": "gpt", "value": "a", "given": 3},
+                 {"from": "gpt", "value": "a", "given": ""}, {"from": "gpt", "value": "  ", "given": "all"}):
+        row = {"conversations": [{"from": "human", "value": "<image>\nQ?"}, turn]}
+        with pytest.raises(SkipSample, match="given"):
+            to_messages(row, "<image>", 1, "")

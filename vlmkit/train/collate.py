@@ -38,7 +38,13 @@ def to_messages(row: dict, image_token: str, n_images: int, caption_prompt: str)
     for t in turns:
         if not isinstance(t, dict) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
             raise SkipSample("bad_record", f"bad turn {t!r:.80}")
-        msgs.append({"role": ROLES[t["from"]], "content": t["value"]})
+        given = t.get("given")
+        if given is None:
+            msgs.append({"role": ROLES[t["from"]], "content": t["value"]})
+        elif ROLES[t["from"]] != "assistant" or not isinstance(given, str) or not given or not t["value"].strip():
+            raise SkipSample("bad_record", f"'given' is a non-empty prefix of an assistant reply that goes on: {t!r:.80}")
+        else:  # the reply is given + value; only value is trained (teacher-forced reasoning, a prefilled reply)
+            msgs.append({"role": "assistant", "content": given + t["value"], "given": given})
     n_placeholders = sum(m["content"].count(image_token) for m in msgs)
     if n_images and n_placeholders == 0:
         first_user = next((m for m in msgs if m["role"] == "user"), None)
@@ -52,7 +58,9 @@ def to_messages(row: dict, image_token: str, n_images: int, caption_prompt: str)
 
 def encode_messages(tokenizer, messages: list[dict], image_token: str, image_token_id: int,
                     tokens_per_image: int | list) -> tuple[list[int], list[int]]:
-    """-> (input_ids, labels): labels copy input_ids on assistant replies (+ end-of-turn marker), else -100."""
+    """-> (input_ids, labels): labels copy input_ids on assistant replies (+ end-of-turn marker), else -100.
+
+    A reply's "given" prefix (to_messages) is part of the input but not of the labels."""
     last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None:
         raise SkipSample("no_assistant_turn")
@@ -71,7 +79,10 @@ def encode_messages(tokenizer, messages: list[dict], image_token: str, image_tok
             raise SkipSample("bad_conversation", "chat template is not prefix-stable for this conversation")
         reply = full[len(head):]
         body = reply.rstrip()
-        pieces += [(head[len(done):], False), (body, True), (reply[len(body):], False)]
+        given = m.get("given", "")
+        if not body.startswith(given):
+            raise SkipSample("bad_conversation", "the chat template changed a reply's given prefix")
+        pieces += [(head[len(done):], False), (given, False), (body[len(given):], True), (reply[len(body):], False)]
         done = full
     ids: list[int] = []
     labels: list[int] = []
