@@ -24,19 +24,10 @@ import re
 from pathlib import Path
 
 from vlmkit.data.boxes import parse_boxes
-from vlmkit.data.shapes import RELATION_QUESTION
+from vlmkit.data.shapes import RELATION_QUESTION, box_side
 from vlmkit.eval.metrics.pope import pope_label, yes_no
 
 SAID_SIDE = re.compile(r" so the .+ is (left of|right of|above|below) the ")
-FIRST_WORDS = ("left of", "above")  # the side where A's centre is the smaller number on its axis
-
-
-def boxes_side(boxes: list[list[int]], relation: str) -> str:
-    """The relation of the first box to the second on the question's axis, from their centres."""
-    axis = 0 if relation in ("left of", "right of") else 1
-    before = boxes[0][axis] + boxes[0][axis + 2] < boxes[1][axis] + boxes[1][axis + 2]
-    words = ("left of", "right of") if axis == 0 else ("above", "below")
-    return words[0] if before else words[1]
 
 
 def chain(record: dict) -> dict | None:
@@ -49,7 +40,7 @@ def chain(record: dict) -> dict | None:
     row = {"right": said_yes == true_yes, "axis": "x" if asked in ("left of", "right of") else "y", "said_yes": said_yes}
     boxes = parse_boxes(text)
     if len(boxes) >= 2:
-        shown = boxes_side(boxes, asked)
+        shown = box_side(boxes[0], boxes[1], asked)
         row["boxes_true"] = (shown == asked) == true_yes
         side = SAID_SIDE.search(text)
         if side:

@@ -344,10 +344,16 @@ def grounded_relation(question: str, answer: str, objects: list[dict], say_side:
     boxes = f"the {m.group(1)} {format_box(a['box'])} and the {m.group(3)} {format_box(b['box'])}"
     if not say_side:
         return f"{boxes}: {answer}"
-    axis = 0 if m.group(2) in ("left of", "right of") else 1
-    before = a["box"][axis] + a["box"][axis + 2] < b["box"][axis] + b["box"][axis + 2]  # centres, doubled
-    side = ("left of", "right of") if axis == 0 else ("above", "below")
-    return f"{boxes} so the {m.group(1)} is {side[0] if before else side[1]} the {m.group(3)}: {answer}"
+    return f"{boxes} so the {m.group(1)} is {box_side(a['box'], b['box'], m.group(2))} the {m.group(3)}: {answer}"
+
+
+def box_side(box_a: list[int], box_b: list[int], relation: str) -> str:
+    """Where box A is against box B on `relation`'s axis, from their centres: "left of" / "right of" for a left /
+    right relation, "above" / "below" for the other."""
+    axis = 0 if relation in ("left of", "right of") else 1
+    before = box_a[axis] + box_a[axis + 2] < box_b[axis] + box_b[axis + 2]  # centres, doubled
+    words = ("left of", "right of") if axis == 0 else ("above", "below")
+    return words[0] if before else words[1]
 
 
 def _where(position: str) -> str:
