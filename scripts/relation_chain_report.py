@@ -14,6 +14,9 @@ step against the one before it, so a failed run says which step failed:
   side written           the answer says "so the A is <relation> the B"
   side follows boxes     the side said is the one the written boxes show on the question's axis
   answer follows side    yes exactly when the side said is the relation asked
+  side is the asked one  the side said is the relation the question asked: about half the time when the side is
+                         read from the boxes, near 1 when the model copies the question instead (session 20's I)
+  side follows boxes on x / on y, right on x / on y: the same rates for left / right and for above / below
 Each rate is over the rows where the step before it exists. --json prints the same as one JSON object.
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ def chain(record: dict) -> dict | None:
         if side:
             row["side_follows_boxes"] = side.group(1) == shown
             row["answer_follows_side"] = (side.group(1) == asked) == said_yes
+            row["side_is_asked"] = side.group(1) == asked
     return row
 
 
@@ -62,7 +66,10 @@ def report(rows: list[dict]) -> dict:
            "boxes show the truth": rate("boxes_true", boxed),
            "side written": {"n": len(sided), "rate": round(len(sided) / len(boxed), 3) if boxed else None},
            "side follows boxes": rate("side_follows_boxes", sided),
-           "answer follows side": rate("answer_follows_side", sided)}
+           "answer follows side": rate("answer_follows_side", sided),
+           "side is the asked one": rate("side_is_asked", sided)}
+    for axis in ("x", "y"):
+        out[f"side follows boxes on {axis}"] = rate("side_follows_boxes", [r for r in sided if r["axis"] == axis])
     for axis in ("x", "y"):
         out[f"right on {axis}"] = rate("right", [r for r in rows if r["axis"] == axis])
     return out
@@ -83,7 +90,7 @@ def main() -> None:
         print(json.dumps(out))
         return
     for k, v in out.items():
-        print(f"{k:22s} {v['rate'] if isinstance(v, dict) else v}" + (f"  (of {v['n']})" if isinstance(v, dict) else ""))
+        print(f"{k:28s} {v['rate'] if isinstance(v, dict) else v}" + (f"  (of {v['n']})" if isinstance(v, dict) else ""))
 
 
 if __name__ == "__main__":

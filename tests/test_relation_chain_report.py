@@ -16,10 +16,11 @@ def test_each_step_is_judged_on_the_step_before():
     q = "Is the red circle left of the square?"
     good = mod.chain(_rec(q, "yes", f"the red circle {A} and the square {B} so the red circle is left of the square: yes"))
     assert good == {"right": True, "axis": "x", "said_yes": True, "boxes_true": True, "side_follows_boxes": True,
-                    "answer_follows_side": True}
+                    "answer_follows_side": True, "side_is_asked": True}
     # the side read wrong from right boxes, then the answer follows the side: wrong, and the report says where
     bad_side = mod.chain(_rec(q, "yes", f"the red circle {A} and the square {B} so the red circle is right of the square: no"))
     assert bad_side["right"] is False and bad_side["side_follows_boxes"] is False and bad_side["answer_follows_side"]
+    assert bad_side["side_is_asked"] is False
     # the side right, the answer ignoring it (session 19's failure)
     bad_answer = mod.chain(_rec(q, "yes", f"the red circle {A} and the square {B} so the red circle is left of the square: no"))
     assert bad_answer["side_follows_boxes"] and bad_answer["answer_follows_side"] is False
@@ -52,6 +53,9 @@ def test_report_rates_and_the_command(tmp_path, monkeypatch, capsys):
     assert out["boxes written"] == {"n": 2, "rate": 0.667}
     assert out["side follows boxes"] == {"n": 2, "rate": 1.0}
     assert out["answer follows side"] == {"n": 2, "rate": 0.5}
+    assert out["side is the asked one"] == {"n": 2, "rate": 1.0}
+    assert out["side follows boxes on x"] == {"n": 2, "rate": 1.0}
+    assert out["side follows boxes on y"] == {"n": 0, "rate": None}
     path.write_text(json.dumps(recs[-1]) + "\n")
     with pytest.raises(SystemExit, match="no relation questions"):
         mod.main()
