@@ -10,24 +10,34 @@ at inference the box head writes the coordinates and the LM compares them. Other
     # -> data/shapes/train/conversations-grounded.jsonl, spatial-grounded.jsonl
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train conversations.jsonl spatial.jsonl --say-side
     # -> ...-reasoned.jsonl: "the A <box>..</box> and the B <box>..</box> so the A is left of the B: no" (session 20)
+    .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
+        --swap-boxes    # -> spatial-side-swapped.jsonl: half the boxes exchanged, the side follows them (session 21)
 """
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
-from vlmkit.data.shapes import RELATION_QUESTION, grounded_relation
+from vlmkit.data.boxes import parse_boxes
+from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 from vlmkit.files import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))  # the strict reader of scripts/fit_box_head.py
 from fit_box_head import read_rows  # noqa: E402
 
 
-def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_only: bool = False) -> tuple[dict, int]:
+def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_only: bool = False,
+            swap: random.Random | None = None) -> tuple[dict, int]:
     """(conv with its relation answers grounded, how many were). A relation turn that names no object of the scene
     is an error: it would stay a bare yes / no and teach the LM both formats. train_side_only gives each relation
     answer up to "so the A is" as the turn's untrained "given" prefix (vlmkit.train.collate.to_messages), so that
-    the loss falls on the side and the yes / no alone."""
+    the loss falls on the side and the yes / no alone.
+
+    swap (session 21, with train_side_only): for half of the relation turns, drawn from it, the two boxes of the
+    given prefix trade places and the side and the yes / no follow the swapped boxes. scripts/probe_side_source.py
+    found session 20's I2 reading the side from the image's token raster, not from the boxes (it kept its side when
+    the boxes were swapped); against the image half the time, the boxes are the only thing the side can follow."""
     turns, done = [dict(t) for t in conv["conversations"]], 0
     for q, a in zip(turns[::2], turns[1::2]):
         question = q["value"].removeprefix("<image>\n").strip()
@@ -39,8 +49,21 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_
         if train_side_only:
             cut = grounded.rindex(" is ") + len(" is")
             a["given"], grounded = grounded[:cut], grounded[cut:]
+            if swap is not None and swap.random() < 0.5:
+                a["given"], grounded = swapped_boxes(a["given"], question)
         a["value"], done = grounded, done + 1
     return {**conv, "conversations": turns}, done
+
+
+def swapped_boxes(given: str, question: str) -> tuple[str, str]:
+    """(the prefix with its two boxes exchanged, the side and the yes / no that the exchanged boxes show)."""
+    m = RELATION_QUESTION.match(question)
+    first, second = (part.split("</box>")[0] for part in given.split("<box>")[1:3])
+    head, rest = given.split(f"<box>{first}</box>", 1)
+    given = f"{head}<box>{second}</box>" + rest.replace(f"<box>{second}</box>", f"<box>{first}</box>", 1)
+    a, b = parse_boxes(given)[:2]
+    side = box_side(a, b, m.group(2))
+    return given, f" {side} the {m.group(3)}: {'yes' if side == m.group(2) else 'no'}"
 
 
 def main() -> None:
@@ -53,18 +76,25 @@ def main() -> None:
     ap.add_argument("--train-side-only", action="store_true",
                     help="with --say-side: the boxes and 'so the A is' are given, only the side and the yes / no are "
                          "trained; NAME.jsonl -> NAME-side.jsonl")
+    ap.add_argument("--swap-boxes", action="store_true",
+                    help="with --train-side-only: half of the relation turns have their two boxes exchanged, and the "
+                         "side and the yes / no follow them (see rewrite()); NAME.jsonl -> NAME-side-swapped.jsonl")
+    ap.add_argument("--seed", type=int, default=0, help="which turns --swap-boxes exchanges")
     args = ap.parse_args()
     if args.train_side_only and not args.say_side:
         ap.error("--train-side-only needs --say-side")
+    if args.swap_boxes and not args.train_side_only:
+        ap.error("--swap-boxes needs --train-side-only")
+    swap = random.Random(args.seed) if args.swap_boxes else None
     truth = {r["image"]: r["truth"]["objects"] for r in read_rows(args.folder / "truth.jsonl", 0)}
     for name in args.files:
         convs = read_rows(args.folder / name, 0)  # a dropped row would keep its scene out
         out, total = [], 0
         for conv in convs:
-            new, n = rewrite(conv, truth[conv["image"]], args.say_side, args.train_side_only)
+            new, n = rewrite(conv, truth[conv["image"]], args.say_side, args.train_side_only, swap)
             out.append(new)
             total += n
-        suffix = "-side" if args.train_side_only else "-reasoned" if args.say_side else "-grounded"
+        suffix = "-side-swapped" if swap else "-side" if args.train_side_only else "-reasoned" if args.say_side else "-grounded"
         dest = args.folder / name.replace(".jsonl", suffix + ".jsonl")
         write_text_atomic(dest, "".join(json.dumps(c) + "\n" for c in out))
         print(f"wrote {dest}: {len(out)} conversations, {total} relation answers grounded")

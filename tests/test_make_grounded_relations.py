@@ -116,3 +116,27 @@ def test_script_train_side_only_gives_the_boxes(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--train-side-only"])
     with pytest.raises(SystemExit):
         mod.main()
+
+
+def test_swapped_boxes_carry_the_side_and_the_label_with_them(tmp_path, monkeypatch):
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    given, value = mod.swapped_boxes("the star <box>400,40,460,100</box> and the red circle <box>100,120,180,200</box> "
+                                     "so the star is", "Is the star right of the red circle?")
+    assert given == "the star <box>100,120,180,200</box> and the red circle <box>400,40,460,100</box> so the star is"
+    assert value == " left of the red circle: no"  # what the exchanged boxes show, against the image
+    given, value = mod.swapped_boxes("the star <box>400,40,460,100</box> and the red circle <box>100,120,180,200</box> "
+                                     "so the star is", "Is the star below the red circle?")
+    assert value == " below the red circle: yes"
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"}]
+    rows = [{"id": f"a{k}", "image": "images/a.png", "conversations": turns} for k in range(40)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--train-side-only", "--swap-boxes"])
+    mod.main()
+    out = [json.loads(line)["conversations"][1] for line in (tmp_path / "c-side-swapped.jsonl").read_text().splitlines()]
+    values = [t["value"] for t in out]
+    assert 10 < values.count(" left of the red circle: no") < 30  # about half exchanged, seeded
+    assert values.count(" left of the red circle: no") + values.count(" right of the red circle: yes") == 40
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--swap-boxes"])
+    with pytest.raises(SystemExit):
+        mod.main()
