@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the strict reader of scripts/fit_box_head.py
+sys.path.insert(0, str(Path(__file__).parent))  # fit_box_head's strict reader, make_grounded_relations' swap
 
 SIDE_WORDS = {"x": ("left", "right"), "y": ("above", "below")}
 CONDITIONS = ("true boxes", "swapped boxes", "blank image")
@@ -34,6 +34,8 @@ CONDITIONS = ("true boxes", "swapped boxes", "blank image")
 def prefix_cases(question: str, answer: str, objects: list[dict]) -> list[tuple[str, str, str]] | None:
     """[(condition, reply prefix ending at "so the A is", side the prefix's boxes show)] for one relation question,
     or None when it is not one. The blank-image case has the true prefix; the caller blanks its image."""
+    from make_grounded_relations import swapped_boxes
+
     from vlmkit.data.boxes import parse_boxes
     from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 
@@ -45,9 +47,8 @@ def prefix_cases(question: str, answer: str, objects: list[dict]) -> list[tuple[
     if chain is None:
         return None
     given = chain[:chain.rindex(" is ") + len(" is")]
+    swapped, _ = swapped_boxes(given, question)  # the same exchange as I4's training turns
     a, b = parse_boxes(given)[:2]
-    box_a, box_b = given.split("<box>")[1].split("</box>")[0], given.split("<box>")[2].split("</box>")[0]
-    swapped = given.replace(box_a, "\0").replace(box_b, box_a).replace("\0", box_b)
     shown, shown_swapped = box_side(a, b, asked), box_side(b, a, asked)
     return [("true boxes", given, shown), ("swapped boxes", swapped, shown_swapped), ("blank image", given, shown)]
 
