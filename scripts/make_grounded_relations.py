@@ -47,12 +47,18 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_
         if grounded is None:
             raise ValueError(f"{conv['id']}: relation turn {question!r} -> {a['value']!r} names no object of the scene")
         if train_side_only:
-            cut = grounded.rindex(" is ") + len(" is")
-            a["given"], grounded = grounded[:cut], grounded[cut:]
+            a["given"], grounded = split_at_side(grounded)
             if swap is not None and swap.random() < 0.5:
                 a["given"], grounded = swapped_boxes(a["given"], question)
         a["value"], done = grounded, done + 1
     return {**conv, "conversations": turns}, done
+
+
+def split_at_side(chain: str) -> tuple[str, str]:
+    """A say_side chain cut just before its side: ("the A <box>..</box> and the B <box>..</box> so the A is",
+    " right of the B: no")."""
+    cut = chain.rindex(" is ") + len(" is")
+    return chain[:cut], chain[cut:]
 
 
 def swapped_boxes(given: str, question: str) -> tuple[str, str]:

@@ -34,7 +34,7 @@ CONDITIONS = ("true boxes", "swapped boxes", "blank image")
 def prefix_cases(question: str, answer: str, objects: list[dict]) -> list[tuple[str, str, str]] | None:
     """[(condition, reply prefix ending at "so the A is", side the prefix's boxes show)] for one relation question,
     or None when it is not one. The blank-image case has the true prefix; the caller blanks its image."""
-    from make_grounded_relations import swapped_boxes
+    from make_grounded_relations import split_at_side, swapped_boxes
 
     from vlmkit.data.boxes import parse_boxes
     from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
@@ -46,7 +46,7 @@ def prefix_cases(question: str, answer: str, objects: list[dict]) -> list[tuple[
     chain = grounded_relation(question, answer, objects, say_side=True)
     if chain is None:
         return None
-    given = chain[:chain.rindex(" is ") + len(" is")]
+    given, _ = split_at_side(chain)  # the prefix I2 to I4 were trained to go on from
     swapped, _ = swapped_boxes(given, question)  # the same exchange as I4's training turns
     a, b = parse_boxes(given)[:2]
     shown, shown_swapped = box_side(a, b, asked), box_side(b, a, asked)
@@ -66,7 +66,7 @@ def main() -> None:
 
     import vlmkit
     from vlmkit.processing.images import ImageProcessor
-    from vlmkit.train.collate import ConversationEncoder, LMCollator
+    from vlmkit.train.collate import IGNORE, ConversationEncoder, LMCollator
 
     truth = {r["image"]: r["truth"]["objects"] for r in read_rows(args.split / "truth.jsonl", 0)}
     vlm = vlmkit.load(args.model)
@@ -108,7 +108,7 @@ def main() -> None:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            pixel_values=batch["pixel_values"]).logits  # [B, T, V]
             for i, (condition, axis, _, shown) in enumerate(chunk):
-                at = int((batch["labels"][i] != -100).nonzero()[0]) - 1  # the position that predicts the side
+                at = int((batch["labels"][i] != IGNORE).nonzero()[0]) - 1  # the position that predicts the side
                 pair = logits[i, at, [word[w][0] for w in SIDE_WORDS[axis]]]
                 hits.setdefault((condition, axis), []).append(int(int(pair.argmax()) == shown))
     out = {f"{c} on {a}": {"n": len(v), "follows boxes": round(sum(v) / len(v), 3)}

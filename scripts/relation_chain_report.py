@@ -48,8 +48,8 @@ def chain(record: dict) -> dict | None:
         side = SAID_SIDE.search(text)
         if side:
             row["side_follows_boxes"] = side.group(1) == shown
-            row["answer_follows_side"] = (side.group(1) == asked) == said_yes
             row["side_is_asked"] = side.group(1) == asked
+            row["answer_follows_side"] = row["side_is_asked"] == said_yes
     return row
 
 
