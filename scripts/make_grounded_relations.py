@@ -12,14 +12,17 @@ at inference the box head writes the coordinates and the LM compares them. Other
     # -> ...-reasoned.jsonl: "the A <box>..</box> and the B <box>..</box> so the A is left of the B: no" (session 20)
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
         --swap-boxes    # -> spatial-side-swapped.jsonl: half the boxes exchanged, the side follows them (session 21)
+    .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
+        --swap-boxes --points   # -> spatial-side-swapped-points.jsonl: one digit an axis for each place (session 22)
 """
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
-from vlmkit.data.boxes import parse_boxes
+from vlmkit.data.boxes import parse_boxes, parse_points
 from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 from vlmkit.files import write_text_atomic
 
@@ -28,7 +31,7 @@ from fit_box_head import read_rows  # noqa: E402
 
 
 def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_only: bool = False,
-            swap: random.Random | None = None) -> tuple[dict, int]:
+            swap: random.Random | None = None, places: str = "box") -> tuple[dict, int]:
     """(conv with its relation answers grounded, how many were). A relation turn that names no object of the scene
     is an error: it would stay a bare yes / no and teach the LM both formats. train_side_only gives each relation
     answer up to "so the A is" as the turn's untrained "given" prefix (vlmkit.train.collate.to_messages), so that
@@ -43,7 +46,7 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_
         question = q["value"].removeprefix("<image>\n").strip()
         if RELATION_QUESTION.match(question) is None:
             continue
-        grounded = grounded_relation(question, a["value"], objects, say_side)
+        grounded = grounded_relation(question, a["value"], objects, say_side, places)
         if grounded is None:
             raise ValueError(f"{conv['id']}: relation turn {question!r} -> {a['value']!r} names no object of the scene")
         if train_side_only:
@@ -61,13 +64,24 @@ def split_at_side(chain: str) -> tuple[str, str]:
     return chain[:cut], chain[cut:]
 
 
+_PLACE = re.compile(r"<(box|point)>.*?</\1>")
+
+
+def written_places(text: str) -> list[list[int]]:
+    """The boxes or the points in the text, in order, as boxes for box_side: a point (x, y) as the zero-size box
+    [x, y, x, y], whose centre it is."""
+    points = parse_points(text)
+    return [[x, y, x, y] for x, y in points] if points else parse_boxes(text)
+
+
 def swapped_boxes(given: str, question: str) -> tuple[str, str]:
-    """(the prefix with its two boxes exchanged, the side and the yes / no that the exchanged boxes show)."""
+    """(the prefix with its two places, boxes or points, exchanged; the side and the yes / no that the exchanged
+    places show)."""
     m = RELATION_QUESTION.match(question)
-    first, second = (part.split("</box>")[0] for part in given.split("<box>")[1:3])
-    head, rest = given.split(f"<box>{first}</box>", 1)
-    given = f"{head}<box>{second}</box>" + rest.replace(f"<box>{second}</box>", f"<box>{first}</box>", 1)
-    a, b = parse_boxes(given)[:2]
+    first, second = (p.span() for p in list(_PLACE.finditer(given))[:2])
+    given = (given[:first[0]] + given[second[0]:second[1]] + given[first[1]:second[0]]
+             + given[first[0]:first[1]] + given[second[1]:])
+    a, b = written_places(given)[:2]
     side = box_side(a, b, m.group(2))
     return given, f" {side} the {m.group(3)}: {'yes' if side == m.group(2) else 'no'}"
 
@@ -86,6 +100,9 @@ def main() -> None:
                     help="with --train-side-only: half of the relation turns have their two boxes exchanged, and the "
                          "side and the yes / no follow them (see rewrite()); NAME.jsonl -> NAME-side-swapped.jsonl")
     ap.add_argument("--seed", type=int, default=0, help="which turns --swap-boxes exchanges")
+    ap.add_argument("--points", action="store_true",
+                    help="write each place as <point>x,y</point>, one digit an axis, not as a box (session 22); "
+                         "NAME-...jsonl -> NAME-...-points.jsonl")
     args = ap.parse_args()
     if args.train_side_only and not args.say_side:
         ap.error("--train-side-only needs --say-side")
@@ -97,10 +114,12 @@ def main() -> None:
         convs = read_rows(args.folder / name, 0)  # a dropped row would keep its scene out
         out, total = [], 0
         for conv in convs:
-            new, n = rewrite(conv, truth[conv["image"]], args.say_side, args.train_side_only, swap)
+            new, n = rewrite(conv, truth[conv["image"]], args.say_side, args.train_side_only, swap,
+                             "point" if args.points else "box")
             out.append(new)
             total += n
         suffix = "-side-swapped" if swap else "-side" if args.train_side_only else "-reasoned" if args.say_side else "-grounded"
+        suffix += "-points" if args.points else ""
         dest = args.folder / name.replace(".jsonl", suffix + ".jsonl")
         write_text_atomic(dest, "".join(json.dumps(c) + "\n" for c in out))
         print(f"wrote {dest}: {len(out)} conversations, {total} relation answers grounded")

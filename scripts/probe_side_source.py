@@ -15,6 +15,7 @@ conditions:
 Each is the rate at which the preferred side is the one the written boxes show, per axis:
 
     .venv/bin/python scripts/probe_side_source.py runs/.../checkpoints/step-00000100 data/shapes/val
+    .venv/bin/python scripts/probe_side_source.py ... --points    # places as <point>x,y</point> (session 22)
 """
 from __future__ import annotations
 
@@ -31,24 +32,24 @@ SIDE_WORDS = {"x": ("left", "right"), "y": ("above", "below")}
 CONDITIONS = ("true boxes", "swapped boxes", "blank image")
 
 
-def prefix_cases(question: str, answer: str, objects: list[dict]) -> list[tuple[str, str, str]] | None:
+def prefix_cases(question: str, answer: str, objects: list[dict],
+                 places: str = "box") -> list[tuple[str, str, str]] | None:
     """[(condition, reply prefix ending at "so the A is", side the prefix's boxes show)] for one relation question,
     or None when it is not one. The blank-image case has the true prefix; the caller blanks its image."""
-    from make_grounded_relations import split_at_side, swapped_boxes
+    from make_grounded_relations import split_at_side, swapped_boxes, written_places
 
-    from vlmkit.data.boxes import parse_boxes
     from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 
     m = RELATION_QUESTION.match(question)
     if m is None:
         return None
     asked = m.group(2)
-    chain = grounded_relation(question, answer, objects, say_side=True)
+    chain = grounded_relation(question, answer, objects, say_side=True, places=places)
     if chain is None:
         return None
     given, _ = split_at_side(chain)  # the prefix I2 to I4 were trained to go on from
     swapped, _ = swapped_boxes(given, question)  # the same exchange as I4's training turns
-    a, b = parse_boxes(given)[:2]
+    a, b = written_places(given)[:2]
     shown, shown_swapped = box_side(a, b, asked), box_side(b, a, asked)
     return [("true boxes", given, shown), ("swapped boxes", swapped, shown_swapped), ("blank image", given, shown)]
 
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("split", type=Path, help="a shapes split with eval.jsonl and truth.jsonl")
     ap.add_argument("--limit", type=int, default=0, help="relation questions read (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--points", action="store_true",
+                    help="write the places as <point>x,y</point> (make_grounded_relations.py --points), not boxes")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
 
@@ -82,7 +85,7 @@ def main() -> None:
     for line in (args.split / "eval.jsonl").read_text().splitlines():
         rec = json.loads(line)
         objects = truth.get(rec["image"])
-        made = prefix_cases(rec["question"], rec["answers"][0], objects) if objects else None
+        made = prefix_cases(rec["question"], rec["answers"][0], objects, "point" if args.points else "box") if objects else None
         if made is None:
             continue
         for condition, given, shown in made:

@@ -5,7 +5,7 @@ import random
 import pytest
 import repo_file
 
-from vlmkit.data.boxes import parse_boxes
+from vlmkit.data.boxes import format_point, parse_boxes, parse_points
 from vlmkit.data.shapes import ShapesConfig, ShapesGenerator, grounded_relation
 from vlmkit.eval.metrics.pope import yes_no
 
@@ -140,3 +140,48 @@ def test_swapped_boxes_carry_the_side_and_the_label_with_them(tmp_path, monkeypa
     monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--swap-boxes"])
     with pytest.raises(SystemExit):
         mod.main()
+
+
+def test_points_are_the_centres_tenth_on_each_axis():
+    assert format_point([100, 120, 180, 200]) == "<point>1,1</point>"  # centre (140, 160)
+    assert format_point([600, 500, 900, 800]) == "<point>7,6</point>"
+    assert format_point([900, 980, 1000, 1000]) == "<point>9,9</point>"  # a centre at 1000 stays one digit
+    assert format_point([0, 0, 199, 201]) == "<point>0,1</point>"
+    assert parse_points("a <point>7,6</point> b <point> 1 , 2 </point> <point>10,2</point>") == [(7, 6), (1, 2)]
+
+
+def test_point_chain_and_its_swap_follow_the_points(tmp_path, monkeypatch):
+    text = grounded_relation("Is the blue circle left of the star?", "no", OBJECTS, say_side=True, places="point")
+    assert text == ("the blue circle <point>7,6</point> and the star <point>4,0</point> "
+                    "so the blue circle is right of the star: no")
+    with pytest.raises(ValueError, match="places"):
+        grounded_relation("Is the blue circle left of the star?", "no", OBJECTS, places="centre")
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    assert mod.written_places(text) == [[7, 6, 7, 6], [4, 0, 4, 0]]
+    given, value = mod.swapped_boxes(mod.split_at_side(text)[0], "Is the blue circle left of the star?")
+    assert given == "the blue circle <point>4,0</point> and the star <point>7,6</point> so the blue circle is"
+    assert value == " left of the star: yes"
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--train-side-only", "--points"])
+    mod.main()
+    out = json.loads((tmp_path / "c-side-points.jsonl").read_text())["conversations"]
+    assert out[1] == {"from": "gpt", "given": "the star <point>4,0</point> and the red circle <point>1,1</point> "
+                      "so the star is", "value": " right of the red circle: yes"}
+
+
+def test_points_never_tie_on_a_generated_relation():
+    # the generator asks a relation only where the centres are a tenth of the image apart on its axis
+    gen = ShapesGenerator(ShapesConfig(size=224))
+    rng, seen = random.Random(1), 0
+    for _ in range(80):
+        _, truth, _, qa = gen.build(gen.spec(rng), rng)
+        for q in qa:
+            if q.kind.startswith("relation"):
+                text = grounded_relation(q.question, q.answer, truth["objects"], say_side=True, places="point")
+                (ax, ay), (bx, by) = parse_points(text)
+                assert (ax != bx) if "left / right" in q.kind else (ay != by), text
+                assert yes_no(text) == q.answer
+                seen += 1
+    assert seen >= 10

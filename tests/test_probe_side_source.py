@@ -26,3 +26,13 @@ def test_swapped_boxes_flip_the_side_they_show():
     assert below == {"true boxes": "above", "swapped boxes": "below", "blank image": "above"}
     assert mod.prefix_cases("Which shape is furthest to the left?", "star", OBJECTS) is None
     assert mod.prefix_cases("Is the circle left of the star?", "yes", OBJECTS) is None  # "circle" names two objects
+
+
+def test_point_prefixes_swap_and_flip_alike():
+    mod = repo_file.load("scripts/probe_side_source.py")
+    cases = {c: (given, shown) for c, given, shown in
+             mod.prefix_cases("Is the blue circle left of the star?", "no", OBJECTS, places="point")}
+    assert cases["true boxes"] == ("the blue circle <point>7,6</point> and the star <point>4,0</point> so the blue circle is",
+                                   "right of")
+    assert cases["swapped boxes"] == ("the blue circle <point>4,0</point> and the star <point>7,6</point> so the blue circle is",
+                                      "left of")

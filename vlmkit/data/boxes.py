@@ -1,10 +1,12 @@
-"""Boxes in the grounding format: `<box>x1,y1,x2,y2</box>`, integers normalised to 0-1000."""
+"""Boxes in the grounding format: `<box>x1,y1,x2,y2</box>`, integers normalised to 0-1000; points
+`<point>x,y</point>`, a box's centre as the tenth of the image it falls in on each axis (one digit each)."""
 from __future__ import annotations
 
 import math
 import re
 
 _BOX = re.compile(r"<box>\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*</box>")
+_POINT = re.compile(r"<point>\s*(\d)\s*,\s*(\d)\s*</point>")
 
 
 def normalise_box(box_px, size: tuple[int, int]) -> list[int]:
@@ -27,6 +29,19 @@ def parse_box(text: str) -> list[int] | None:
 def parse_boxes(text: str) -> list[list[int]]:
     """Every box in the text, in order."""
     return [[int(v) for v in m.groups()] for m in _BOX.finditer(text)]
+
+
+def format_point(box: list[int]) -> str:
+    """A 0-1000 box -> `<point>x,y</point>`: its centre's tenth of the image on each axis. Two centres a tenth of the
+    image or more apart get different digits (but for the box's outward rounding, which can move a centre by one
+    unit onto a boundary), so comparing digits answers the relations the shapes generator asks (ShapesConfig.clear)."""
+    x, y = (min(9, (box[i] + box[i + 2]) // 200) for i in (0, 1))
+    return f"<point>{x},{y}</point>"
+
+
+def parse_points(text: str) -> list[tuple[int, int]]:
+    """Every point in the text, in order, as (x, y) digits."""
+    return [(int(m.group(1)), int(m.group(2))) for m in _POINT.finditer(text)]
 
 
 def box_to_pixels(box: list[int], size: tuple[int, int]) -> tuple[float, float, float, float]:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .augment import AugmentConfig, get_preset, photometric, random_homography, transform_points, warp
-from .boxes import format_box, normalise_box
+from .boxes import format_box, format_point, normalise_box
 from .sample import QA
 from .words import NUMBER_WORDS
 
@@ -317,7 +317,8 @@ def _extreme(objects, rng, clear) -> QA | None:
 RELATION_QUESTION = re.compile(r"^Is the (.+) (left of|right of|above|below) the (.+)\?$")
 
 
-def grounded_relation(question: str, answer: str, objects: list[dict], say_side: bool = False) -> str | None:
+def grounded_relation(question: str, answer: str, objects: list[dict], say_side: bool = False,
+                      places: str = "box") -> str | None:
     """A relation question's answer with its reasoning grounded first: both objects' boxes, then yes / no.
 
     vlmkit-smol answers "left of" at chance where the two shapes' order in its token raster disagrees with their
@@ -333,7 +334,11 @@ def grounded_relation(question: str, answer: str, objects: list[dict], say_side:
     an XOR of two balanced features (which number is smaller, and which relation was asked), and no single one of
     them predicts the label, so a LoRA-tuned LM stays at chance (scripts/probe_box_comparison.py). Written out, each
     step depends on one thing: the side on the comparison, the answer on whether two phrases are the same. "so", a
-    word, follows the box, since "</box>" followed by punctuation tokenizes differently from the head's own tokens."""
+    word, follows the box, since "</box>" followed by punctuation tokenizes differently from the head's own tokens.
+
+    places="point" (session 22) writes each object's place as `<point>x,y</point>`, one digit an axis, instead of
+    its box: in the text probe (scripts/probe_box_comparison.py --form digit) the side was learnt from digits in 50
+    steps and from boxes in 200. The side is still the boxes' (the true one)."""
     m = RELATION_QUESTION.match(question.removeprefix("<image>\n").strip())
     if m is None or answer not in ("yes", "no"):
         return None
@@ -341,7 +346,10 @@ def grounded_relation(question: str, answer: str, objects: list[dict], say_side:
     a, b = named.get(m.group(1)), named.get(m.group(3))
     if a is None or b is None:
         return None
-    boxes = f"the {m.group(1)} {format_box(a['box'])} and the {m.group(3)} {format_box(b['box'])}"
+    if places not in ("box", "point"):
+        raise ValueError(f"places must be 'box' or 'point', not {places!r}")
+    place = format_box if places == "box" else format_point
+    boxes = f"the {m.group(1)} {place(a['box'])} and the {m.group(3)} {place(b['box'])}"
     if not say_side:
         return f"{boxes}: {answer}"
     return f"{boxes} so the {m.group(1)} is {box_side(a['box'], b['box'], m.group(2))} the {m.group(3)}: {answer}"
