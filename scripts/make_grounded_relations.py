@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from vlmkit.data.boxes import parse_boxes, parse_points
+from vlmkit.data.boxes import parse_places
 from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 from vlmkit.files import write_text_atomic
 
@@ -67,13 +67,6 @@ def split_at_side(chain: str) -> tuple[str, str]:
 _PLACE = re.compile(r"<(box|point)>.*?</\1>")
 
 
-def written_places(text: str) -> list[list[int]]:
-    """The boxes or the points in the text, in order, as boxes for box_side: a point (x, y) as the zero-size box
-    [x, y, x, y], whose centre it is."""
-    points = parse_points(text)
-    return [[x, y, x, y] for x, y in points] if points else parse_boxes(text)
-
-
 def swapped_boxes(given: str, question: str) -> tuple[str, str]:
     """(the prefix with its two places, boxes or points, exchanged; the side and the yes / no that the exchanged
     places show)."""
@@ -81,7 +74,7 @@ def swapped_boxes(given: str, question: str) -> tuple[str, str]:
     first, second = (p.span() for p in list(_PLACE.finditer(given))[:2])
     given = (given[:first[0]] + given[second[0]:second[1]] + given[first[1]:second[0]]
              + given[first[0]:first[1]] + given[second[1]:])
-    a, b = written_places(given)[:2]
+    a, b = parse_places(given)[:2]
     side = box_side(a, b, m.group(2))
     return given, f" {side} the {m.group(3)}: {'yes' if side == m.group(2) else 'no'}"
 

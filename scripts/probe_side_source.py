@@ -36,8 +36,9 @@ def prefix_cases(question: str, answer: str, objects: list[dict],
                  places: str = "box") -> list[tuple[str, str, str]] | None:
     """[(condition, reply prefix ending at "so the A is", side the prefix's boxes show)] for one relation question,
     or None when it is not one. The blank-image case has the true prefix; the caller blanks its image."""
-    from make_grounded_relations import split_at_side, swapped_boxes, written_places
+    from make_grounded_relations import split_at_side, swapped_boxes
 
+    from vlmkit.data.boxes import parse_places
     from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 
     m = RELATION_QUESTION.match(question)
@@ -49,7 +50,7 @@ def prefix_cases(question: str, answer: str, objects: list[dict],
         return None
     given, _ = split_at_side(chain)  # the prefix I2 to I4 were trained to go on from
     swapped, _ = swapped_boxes(given, question)  # the same exchange as I4's training turns
-    a, b = written_places(given)[:2]
+    a, b = parse_places(given)[:2]
     shown, shown_swapped = box_side(a, b, asked), box_side(b, a, asked)
     return [("true boxes", given, shown), ("swapped boxes", swapped, shown_swapped), ("blank image", given, shown)]
 

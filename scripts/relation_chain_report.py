@@ -2,7 +2,7 @@
 
 A model trained on `scripts/make_grounded_relations.py` answers "Is the A left of the B?" in steps:
 `the A <box>..</box> and the B <box>..</box> so the A is right of the B: no` (with --say-side; without it, the
-boxes and then the answer). This reads an eval run's predictions.jsonl and, for each relation question, checks each
+boxes and then the answer; with --points, `<point>x,y</point>` in place of each box). This reads an eval run's predictions.jsonl and, for each relation question, checks each
 step against the one before it, so a failed run says which step failed:
 
     .venv/bin/python scripts/relation_chain_report.py runs/eval/MODEL/shapes-val-spatial/predictions.jsonl
@@ -26,7 +26,7 @@ import json
 import re
 from pathlib import Path
 
-from vlmkit.data.boxes import parse_boxes
+from vlmkit.data.boxes import parse_places
 from vlmkit.data.shapes import RELATION_QUESTION, box_side
 from vlmkit.eval.metrics.pope import pope_label, yes_no
 
@@ -41,7 +41,7 @@ def chain(record: dict) -> dict | None:
     asked, text = m.group(2), record["prediction"]
     said_yes, true_yes = yes_no(text) == "yes", pope_label(record["answers"][0]) == "yes"
     row = {"right": said_yes == true_yes, "axis": "x" if asked in ("left of", "right of") else "y", "said_yes": said_yes}
-    boxes = parse_boxes(text)
+    boxes = parse_places(text)  # boxes, or points (<point>x,y</point>, session 22)
     if len(boxes) >= 2:
         shown = box_side(boxes[0], boxes[1], asked)
         row["boxes_true"] = (shown == asked) == true_yes

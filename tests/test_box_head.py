@@ -10,7 +10,7 @@ from vlmkit.api import VLM
 from vlmkit.config import BoxHeadConfig, VLMConfig
 from vlmkit.errors import ModelLoadError
 from vlmkit.generation import GenerationConfig, generate_from_embeds
-from vlmkit.models.box_head import BoxHead, BoxWriter, box_text, context_window
+from vlmkit.models.box_head import BoxHead, BoxWriter, box_text, context_window, point_text
 from vlmkit.models.lm import LanguageModel
 from vlmkit.models.vlm import VisionLanguageModel
 from vlmkit.train.box_head import (as_conversation, box_iou, centrality, collect, evaluate, fit, generalized_iou,
@@ -35,6 +35,12 @@ def test_config_derives_sizes_and_round_trips():
     assert again.box_head == bh
     with pytest.raises(ValueError, match="multiple of num_heads"):
         BoxHeadConfig(width=10, num_heads=4)
+    with pytest.raises(ValueError, match="end alike"):
+        BoxHeadConfig(trigger="<box>", point_trigger="box>")
+    # a config saved before points existed loads with the default point trigger
+    old = vlm.cfg.to_dict()
+    del old["box_head"]["point_trigger"]
+    assert VLMConfig.from_dict(old).box_head.point_trigger == "<point>"
     cfg = tiny_vlm_config(keep_cls=True, use_cls=True)
     cfg.box_head = BoxHeadConfig()
     with pytest.raises(ValueError, match="square grid"):
@@ -78,6 +84,7 @@ def test_predict_is_the_most_central_patchs_box_and_prints_in_thousandths():
     # each patch's box holds its own centre: distances are positive
     assert (boxes[..., :2] <= head.centres).all() and (boxes[..., 2:] >= head.centres).all()
     assert box_text(torch.tensor([0.0, 0.1234, 0.5, 1.0])) == "0,123,500,1000</box>"
+    assert point_text(torch.tensor([0.0, 0.1234, 0.5, 1.0])) == "2,5</point>"  # centre (250, 562)
     # with self-attention over the patches, a patch's score depends on the others: change one patch, and the
     # scores of the rest move (without it they would not)
     for layers, moves in ((1, True), (0, False)):
@@ -213,6 +220,9 @@ def test_without_a_trigger_or_an_image_nothing_is_inserted():
     assert writer(0, [5, 6], "a <box>1,2,3,4</box>, b <box>", torch.ones(32))  # a second box: the same patches
     assert looked_at == ["a.png"]
     assert writer(1, [5], "a <box>", torch.zeros(32)) is None
+    point = vlm.tokenizer.decode(writer(0, [5], "a <point>", torch.zeros(32)))  # the same box, as its centre's digits
+    assert len(point) == len("x,y</point>") and point.endswith("</point>") and point[0].isdigit() and point[2].isdigit()
+    assert writer(1, [5], "a <point>", torch.zeros(32)) is None
 
 
 def test_save_load_round_trip_is_strict(tmp_path):

@@ -5,7 +5,7 @@ import random
 import pytest
 import repo_file
 
-from vlmkit.data.boxes import format_point, parse_boxes, parse_points
+from vlmkit.data.boxes import format_point, parse_boxes, parse_places, parse_points
 from vlmkit.data.shapes import ShapesConfig, ShapesGenerator, grounded_relation
 from vlmkit.eval.metrics.pope import yes_no
 
@@ -157,7 +157,8 @@ def test_point_chain_and_its_swap_follow_the_points(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="places"):
         grounded_relation("Is the blue circle left of the star?", "no", OBJECTS, places="centre")
     mod = repo_file.load("scripts/make_grounded_relations.py")
-    assert mod.written_places(text) == [[7, 6, 7, 6], [4, 0, 4, 0]]
+    assert parse_places(text) == [[750, 650, 750, 650], [450, 50, 450, 50]]
+    assert parse_places("<point>1,2</point> <box>1,2,3,4</box>") == [[150, 250, 150, 250], [1, 2, 3, 4]]
     given, value = mod.swapped_boxes(mod.split_at_side(text)[0], "Is the blue circle left of the star?")
     assert given == "the blue circle <point>4,0</point> and the star <point>7,6</point> so the blue circle is"
     assert value == " left of the star: yes"

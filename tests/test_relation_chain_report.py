@@ -35,6 +35,10 @@ def test_each_step_is_judged_on_the_step_before():
     assert h["boxes_true"] is False and "side_follows_boxes" not in h
     assert mod.chain(_rec("How many shapes are there?", "3", "3")) is None
     assert mod.chain(_rec(q, "yes", "yes")) == {"right": True, "axis": "x", "said_yes": True}
+    # session 22's points: one digit an axis, read as boxes are
+    p = mod.chain(_rec(q, "yes", "the red circle <point>1,1</point> and the square <point>6,1</point> so the red "
+                                 "circle is right of the square: no"))
+    assert p["boxes_true"] and p["side_follows_boxes"] is False and p["answer_follows_side"] and not p["right"]
 
 
 def test_report_rates_and_the_command(tmp_path, monkeypatch, capsys):

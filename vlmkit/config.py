@@ -242,6 +242,9 @@ class BoxHeadConfig:
     # self-attention layers over the query-gated patches: "the small triangle" is small next to the other triangles
     patch_layers: int = 0
     trigger: str = "<box>"
+    # what the LM writes to ask for an object's place as one digit an axis (`<point>x,y</point>`, data/boxes.py): the
+    # head's box reduced to its centre; grounded relation chains compare two of these (session 22)
+    point_trigger: str = "<point>"
     # derived: the LM's width, the tower's width and patch grid side (each patch's centre is where its box distances
     # are measured from), and the side of the visual-token grid the LM reads
     query_dim: int = field(init=False, default=0)
@@ -254,8 +257,11 @@ class BoxHeadConfig:
             raise ValueError(f"box_head.width ({self.width}) must be a positive multiple of num_heads ({self.num_heads})")
         if self.context_tokens < 0 or self.patch_layers < 0:
             raise ValueError("box_head.context_tokens and box_head.patch_layers must be >= 0")
-        if not self.trigger:
-            raise ValueError("box_head.trigger must be a non-empty string")
+        if not self.trigger or not self.point_trigger:
+            raise ValueError("box_head.trigger and box_head.point_trigger must be non-empty strings")
+        if self.trigger.endswith(self.point_trigger) or self.point_trigger.endswith(self.trigger):
+            raise ValueError(f"box_head.trigger {self.trigger!r} and point_trigger {self.point_trigger!r} must not "
+                             "end alike: the head could not tell which of the two the LM wrote")
 
 
 @dataclass

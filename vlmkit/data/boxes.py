@@ -44,6 +44,16 @@ def parse_points(text: str) -> list[tuple[int, int]]:
     return [(int(m.group(1)), int(m.group(2))) for m in _POINT.finditer(text)]
 
 
+def parse_places(text: str) -> list[list[int]]:
+    """Every box and point in the text, in order, as 0-1000 boxes: a point as the zero-size box at the middle of its
+    tenths, so that comparing centres (data.shapes.box_side) compares boxes and points alike."""
+    places = [(m.start(), [int(v) for v in m.groups()]) for m in _BOX.finditer(text)]
+    for m in _POINT.finditer(text):
+        x, y = (int(v) * 100 + 50 for v in m.groups())
+        places.append((m.start(), [x, y, x, y]))
+    return [box for _, box in sorted(places)]
+
+
 def box_to_pixels(box: list[int], size: tuple[int, int]) -> tuple[float, float, float, float]:
     w, h = size
     return box[0] * w / 1000, box[1] * h / 1000, box[2] * w / 1000, box[3] * h / 1000

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import BoxHeadConfig
-from ..data.boxes import format_box
+from ..data.boxes import format_box, format_point
 
 
 class BoxHead(nn.Module):
@@ -77,6 +77,11 @@ def box_text(box: torch.Tensor) -> str:
     return format_box([round(float(v) * 1000) for v in box]).removeprefix("<box>")
 
 
+def point_text(box: torch.Tensor) -> str:
+    """[4] in 0..1 -> "x,y</point>": the box's centre as its tenth of the image on each axis."""
+    return format_point([round(float(v) * 1000) for v in box]).removeprefix("<point>")
+
+
 def context_window(ids: list[int], k: int) -> tuple[list[int], list[bool]]:
     """The k token ids ending at the trigger (left-padded with 0) and which are words: image placeholders
     (negative or out-of-vocabulary ids) and padding are not."""
@@ -86,7 +91,8 @@ def context_window(ids: list[int], k: int) -> tuple[list[int], list[bool]]:
 
 
 class BoxWriter:
-    """generate_from_embeds' inserter: once a row's text ends with the trigger, the head's box as tokens.
+    """generate_from_embeds' inserter: once a row's text ends with the trigger, the head's box as tokens; once it
+    ends with the point trigger, the box's centre as a point.
 
     prompt_ids: each row's prompt (unpadded); images: each row's one whole image, or None where the prompt does not
     hold exactly one (the LM then writes the digits itself); patches_of(image) -> the tower's features [N, D_vision],
@@ -111,7 +117,13 @@ class BoxWriter:
                 self.states[i] = hidden[i, where]  # [M, D_lm]
 
     def __call__(self, row: int, ids: list[int], text: str, hidden: torch.Tensor) -> list[int] | None:
-        if self.states[row] is None or not text.endswith(self.head.cfg.trigger):
+        if self.states[row] is None:
+            return None
+        if text.endswith(self.head.cfg.trigger):
+            write = box_text
+        elif text.endswith(self.head.cfg.point_trigger):
+            write = point_text
+        else:
             return None
         ctx, real = context_window([t if t < self.vocab else -1 for t in self.prompt_ids[row] + ids],
                                    self.head.cfg.context_tokens)
@@ -121,4 +133,4 @@ class BoxWriter:
         patches = self.patches[row]
         box = self.head.predict(hidden[None].to(words.dtype), words, torch.tensor([real]),
                                 patches[None].to(words.dtype), self.states[row][None].to(words.dtype))[0]
-        return self.tok(box_text(box), add_special_tokens=False).input_ids
+        return self.tok(write(box), add_special_tokens=False).input_ids
