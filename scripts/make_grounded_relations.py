@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from vlmkit.data.boxes import parse_places
+from vlmkit.data.boxes import parse_boxes, parse_places
 from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
 from vlmkit.files import write_text_atomic
 
@@ -49,6 +49,8 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_
         grounded = grounded_relation(question, a["value"], objects, say_side, places)
         if grounded is None:
             raise ValueError(f"{conv['id']}: relation turn {question!r} -> {a['value']!r} names no object of the scene")
+        if places == "point" and not train_side_only:  # the box head's targets where its points are trained
+            a["places"] = parse_boxes(grounded_relation(question, a["value"], objects))
         if train_side_only:
             a["given"], grounded = split_at_side(grounded)
             if swap is not None and swap.random() < 0.5:

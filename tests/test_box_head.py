@@ -257,6 +257,25 @@ def test_collect_reads_each_reply_box(tmp_path):
     assert data["context"][0, -3:].tolist() == gt and data["context_mask"][0, -3:].all()
 
 
+def test_collect_reads_points_with_their_places(tmp_path):
+    """A reply that writes points gives the head its objects' boxes as "places"; boxes and points are read in the
+    order they are written, and a point in an untrained prefix ("given") is no target."""
+    vlm = tiny_box_vlm()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "a.png")
+    chain = {"from": "gpt", "value": "the square <point>2,2</point> and the circle <box>500,500,900,900</box> so",
+             "places": [[100, 100, 300, 300], [500, 500, 900, 900]]}
+    rows = [{"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nIs the square left of the circle?"},
+                                                 chain]}]
+    data = collect(vlm.model, vlm.tokenizer, vlm.image_processor, rows, tmp_path, progress=False)
+    assert data["box"].flatten().tolist() == pytest.approx([0.1, 0.1, 0.3, 0.3, 0.5, 0.5, 0.9, 0.9])
+    assert data["context"][0, -3:].tolist() == vlm.tokenizer(" <point>", add_special_tokens=False).input_ids  # after a word
+    given = {"from": "gpt", "given": "the square <point>2,2</point> and the circle <point>7,7</point> so the square is",
+             "value": " left of the circle: yes", "places": [[100, 100, 300, 300], [500, 500, 900, 900]]}
+    rows[0]["conversations"][1] = given  # its triggers are not trained, so they and its places disagree: skipped
+    with pytest.raises(ValueError, match="no box answers"):
+        collect(vlm.model, vlm.tokenizer, vlm.image_processor, rows, tmp_path, progress=False)
+
+
 def test_fit_box_head_script_end_to_end(model_dir, tmp_path, monkeypatch):
     """scripts/fit_box_head.py on the tiny model: features cached as safetensors, a head trained and saved with the
     model, which loads strictly and refuses a second head."""

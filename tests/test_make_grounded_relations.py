@@ -170,6 +170,12 @@ def test_point_chain_and_its_swap_follow_the_points(tmp_path, monkeypatch):
     out = json.loads((tmp_path / "c-side-points.jsonl").read_text())["conversations"]
     assert out[1] == {"from": "gpt", "given": "the star <point>4,0</point> and the red circle <point>1,1</point> "
                       "so the star is", "value": " right of the red circle: yes"}
+    # trained points carry their objects' boxes, the box head's targets (vlmkit.train.box_head.reply_boxes)
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--points"])
+    mod.main()
+    out = json.loads((tmp_path / "c-reasoned-points.jsonl").read_text())["conversations"]
+    assert out[1] == {"from": "gpt", "value": "the star <point>4,0</point> and the red circle <point>1,1</point> so "
+                      "the star is right of the red circle: yes", "places": [[400, 40, 460, 100], [100, 120, 180, 200]]}
 
 
 def test_points_never_tie_on_a_generated_relation():

@@ -30,9 +30,14 @@ def as_conversation(row: dict) -> dict:
 
 
 def reply_boxes(row: dict) -> list[torch.Tensor]:
-    """Every box in the row's replies, in order, as [4] in 0..1. A reply may hold several."""
-    return [torch.tensor(box, dtype=torch.float32) / 1000 for turn in row["conversations"]
-            if ROLES.get(turn.get("from")) == "assistant" for box in parse_boxes(turn["value"])]
+    """Every box in the row's replies, in order, as [4] in 0..1. A reply may hold several. A reply that writes points
+    (`<point>x,y</point>`, whose digits do not give the box) carries its objects' boxes as "places", one 0-1000 box per
+    box or point it writes, in order (scripts/make_grounded_relations.py --points)."""
+    boxes = []
+    for turn in row["conversations"]:
+        if ROLES.get(turn.get("from")) == "assistant":
+            boxes += turn["places"] if "places" in turn else parse_boxes(turn["value"])
+    return [torch.tensor(box, dtype=torch.float32) / 1000 for box in boxes]
 
 
 def trigger_positions(ids: list[int], labels: list[int], trigger_ids: list[int]) -> list[int]:
@@ -51,7 +56,9 @@ def collect(model, tokenizer, image_processor, rows: list[dict], root: Path, bat
 
     cfg = model.cfg.box_head
     cfg_k = cfg.context_tokens
-    trigger_ids = tokenizer(cfg.trigger, add_special_tokens=False).input_ids
+    # a trigger tokenizes differently at the start of a reply ("<box>": "<", ...) and after a word (" <", ...)
+    triggers = [tokenizer(lead + t, add_special_tokens=False).input_ids for t in (cfg.trigger, cfg.point_trigger)
+                for lead in ("", " ")]
     enc = ConversationEncoder(tokenizer, image_processor, model.cfg.image_token, model.cfg.image_token_id,
                               model.cfg.image_layout, max_length=0)
     collate = LMCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -78,7 +85,7 @@ def collect(model, tokenizer, image_processor, rows: list[dict], root: Path, bat
             hidden = captured.pop("h")  # [B, T, D_lm], after the final norm
             for i, (sample, boxes) in enumerate(batch):
                 ids, labels = b["input_ids"][i].tolist(), b["labels"][i].tolist()
-                ends = trigger_positions(ids, labels, trigger_ids)
+                ends = sorted({p for t in triggers for p in trigger_positions(ids, labels, t)})  # boxes and points
                 if len(ends) != len(boxes) or not boxes:
                     skipped += 1
                     continue
