@@ -86,7 +86,8 @@ def main() -> None:
     for line in (args.split / "eval.jsonl").read_text().splitlines():
         rec = json.loads(line)
         objects = truth.get(rec["image"])
-        made = prefix_cases(rec["question"], rec["answers"][0], objects, "point" if args.points else "box") if objects else None
+        places = "point" if args.points else "box"
+        made = prefix_cases(rec["question"], rec["answers"][0], objects, places) if objects else None
         if made is None:
             continue
         for condition, given, shown in made:

@@ -2,8 +2,9 @@
 
 A model trained on `scripts/make_grounded_relations.py` answers "Is the A left of the B?" in steps:
 `the A <box>..</box> and the B <box>..</box> so the A is right of the B: no` (with --say-side; without it, the
-boxes and then the answer; with --points, `<point>x,y</point>` in place of each box). This reads an eval run's predictions.jsonl and, for each relation question, checks each
-step against the one before it, so a failed run says which step failed:
+boxes and then the answer; with --points, `<point>x,y</point>` in place of each box). This reads an eval run's
+predictions.jsonl and, for each relation question, checks each step against the one before it, so a failed run says
+which step failed:
 
     .venv/bin/python scripts/relation_chain_report.py runs/eval/MODEL/shapes-val-spatial/predictions.jsonl
 

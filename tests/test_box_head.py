@@ -268,7 +268,8 @@ def test_collect_reads_points_with_their_places(tmp_path):
                                                  chain]}]
     data = collect(vlm.model, vlm.tokenizer, vlm.image_processor, rows, tmp_path, progress=False)
     assert data["box"].flatten().tolist() == pytest.approx([0.1, 0.1, 0.3, 0.3, 0.5, 0.5, 0.9, 0.9])
-    assert data["context"][0, -3:].tolist() == vlm.tokenizer(" <point>", add_special_tokens=False).input_ids  # after a word
+    # the window ends at the point trigger as it tokenizes after a word
+    assert data["context"][0, -3:].tolist() == vlm.tokenizer(" <point>", add_special_tokens=False).input_ids
     given = {"from": "gpt", "given": "the square <point>2,2</point> and the circle <point>7,7</point> so the square is",
              "value": " left of the circle: yes", "places": [[100, 100, 300, 300], [500, 500, 900, 900]]}
     rows[0]["conversations"][1] = given  # its triggers are not trained, so they and its places disagree: skipped

@@ -32,7 +32,7 @@ def test_point_prefixes_swap_and_flip_alike():
     mod = repo_file.load("scripts/probe_side_source.py")
     cases = {c: (given, shown) for c, given, shown in
              mod.prefix_cases("Is the blue circle left of the star?", "no", OBJECTS, places="point")}
-    assert cases["true boxes"] == ("the blue circle <point>7,6</point> and the star <point>4,0</point> so the blue circle is",
-                                   "right of")
-    assert cases["swapped boxes"] == ("the blue circle <point>4,0</point> and the star <point>7,6</point> so the blue circle is",
-                                      "left of")
+    assert cases["true boxes"] == (
+        "the blue circle <point>7,6</point> and the star <point>4,0</point> so the blue circle is", "right of")
+    assert cases["swapped boxes"] == (
+        "the blue circle <point>4,0</point> and the star <point>7,6</point> so the blue circle is", "left of")
