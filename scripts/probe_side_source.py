@@ -82,11 +82,11 @@ def main() -> None:
     if any(len(ids) != 1 for ids in word.values()):
         raise SystemExit(f"the side words are not one token each: {word}")
 
+    places = "point" if args.points else "box"
     cases = []  # (condition, axis, encoded sample, index of the side word in the shown pair)
     for line in (args.split / "eval.jsonl").read_text().splitlines():
         rec = json.loads(line)
         objects = truth.get(rec["image"])
-        places = "point" if args.points else "box"
         made = prefix_cases(rec["question"], rec["answers"][0], objects, places) if objects else None
         if made is None:
             continue
