@@ -14,6 +14,10 @@ at inference the box head writes the coordinates and the LM compares them. Other
         --swap-boxes    # -> spatial-side-swapped.jsonl: half the boxes exchanged, the side follows them (session 21)
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
         --swap-boxes --points   # -> spatial-side-swapped-points.jsonl: one digit an axis for each place (session 22)
+    .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
+        --swap-boxes --points --keep y   # -> spatial-side-swapped-points-y.jsonl: above / below turns alone (session 23)
+    .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --keep other
+    # -> spatial-other.jsonl: the turns that are not relations ("Which shape is at the top?"), alone
 """
 import argparse
 import json
@@ -59,6 +63,25 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_
     return {**conv, "conversations": turns}, done
 
 
+AXIS_OF = {"left of": "x", "right of": "x", "above": "y", "below": "y"}
+
+
+def kept_turns(conv: dict, keep: str) -> dict | None:
+    """conv with only the question / answer pairs that keep names: relations on one axis ("x", "y") or the turns
+    that are not relations ("other"); None when nothing is left. A mixture can then weight one kind of turn without
+    repeating the rest of its conversation. The first question that is left carries the image."""
+    turns = conv["conversations"]
+    pairs = []
+    for q, a in zip(turns[::2], turns[1::2]):
+        m = RELATION_QUESTION.match(q["value"].removeprefix("<image>\n").strip())
+        if (AXIS_OF[m.group(2)] if m else "other") == keep:
+            pairs.append(({**q, "value": q["value"].removeprefix("<image>\n")}, a))
+    if not pairs:
+        return None
+    pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"]
+    return {**conv, "conversations": [t for pair in pairs for t in pair]}
+
+
 def split_at_side(chain: str) -> tuple[str, str]:
     """A say_side chain cut just before its side: ("the A <box>..</box> and the B <box>..</box> so the A is",
     " right of the B: no")."""
@@ -98,11 +121,16 @@ def main() -> None:
     ap.add_argument("--points", action="store_true",
                     help="write each place as <point>x,y</point>, one digit an axis, not as a box (session 22); "
                          "NAME-...jsonl -> NAME-...-points.jsonl")
+    ap.add_argument("--keep", choices=["x", "y", "other"],
+                    help="keep only the relation turns on one axis, or only the turns that are not relations, and "
+                         "drop conversations left empty; NAME-...jsonl -> NAME-...-x/-y.jsonl, NAME-other.jsonl")
     args = ap.parse_args()
     if args.train_side_only and not args.say_side:
         ap.error("--train-side-only needs --say-side")
     if args.swap_boxes and not args.train_side_only:
         ap.error("--swap-boxes needs --train-side-only")
+    if args.keep == "other" and (args.say_side or args.points):
+        ap.error("--keep other drops every relation turn, so there is nothing to --say-side or write as --points")
     swap = random.Random(args.seed) if args.swap_boxes else None
     truth = {r["image"]: r["truth"]["objects"] for r in read_rows(args.folder / "truth.jsonl", 0)}
     for name in args.files:
@@ -111,10 +139,15 @@ def main() -> None:
         for conv in convs:
             new, n = rewrite(conv, truth[conv["image"]], args.say_side, args.train_side_only, swap,
                              "point" if args.points else "box")
-            out.append(new)
-            total += n
+            if args.keep is not None:
+                new = kept_turns(new, args.keep)
+                n = 0 if new is None or args.keep == "other" else len(new["conversations"]) // 2
+            if new is not None:
+                out.append(new)
+                total += n
         suffix = "-side-swapped" if swap else "-side" if args.train_side_only else "-reasoned" if args.say_side else "-grounded"
         suffix += "-points" if args.points else ""
+        suffix = "-other" if args.keep == "other" else suffix + (f"-{args.keep}" if args.keep else "")
         dest = args.folder / name.replace(".jsonl", suffix + ".jsonl")
         write_text_atomic(dest, "".join(json.dumps(c) + "\n" for c in out))
         print(f"wrote {dest}: {len(out)} conversations, {total} relation answers grounded")

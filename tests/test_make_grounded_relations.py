@@ -180,3 +180,31 @@ def test_point_chain_and_its_swap_follow_the_points(tmp_path, monkeypatch):
     out = json.loads((tmp_path / "c-reasoned-points.jsonl").read_text())["conversations"]
     assert out[1] == {"from": "gpt", "value": "the star <point>4,0</point> and the red circle <point>1,1</point> so "
                       "the star is right of the red circle: yes", "places": [[400, 40, 460, 100], [100, 120, 180, 200]]}
+
+
+def test_keep_splits_turns_by_axis_and_moves_the_image_to_the_first_kept_question(tmp_path, monkeypatch, capsys):
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"},
+             {"from": "human", "value": "Which shape is at the top?"}, {"from": "gpt", "value": "star"},
+             {"from": "human", "value": "Is the star above the red circle?"}, {"from": "gpt", "value": "yes"}]
+    rows = [{"id": "a", "image": "images/a.png", "conversations": turns},
+            {"id": "b", "image": "images/a.png", "conversations": turns[:4]}]  # no above / below turn
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--keep", "y"])
+    mod.main()
+    out = [json.loads(line) for line in (tmp_path / "c-reasoned-y.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in out] == ["a"]  # b had nothing left
+    assert [t["value"] for t in out[0]["conversations"]] == [
+        "<image>\nIs the star above the red circle?",
+        "the star <box>400,40,460,100</box> and the red circle <box>100,120,180,200</box> so the star is above the "
+        "red circle: yes"]
+    assert "1 conversations, 1 relation answers grounded" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--keep", "other"])
+    mod.main()
+    out = [json.loads(line)["conversations"] for line in (tmp_path / "c-other.jsonl").read_text().splitlines()]
+    assert out == [[{"from": "human", "value": "<image>\nWhich shape is at the top?"}, {"from": "gpt", "value": "star"}]] * 2
+    assert rows[0]["conversations"][0]["value"].startswith("<image>\n")  # the source rows are not edited in place
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--keep", "other", "--points"])
+    with pytest.raises(SystemExit):
+        mod.main()
