@@ -18,7 +18,11 @@ which step failed:
   side is the asked one  the side said is the relation the question asked: about half the time when the side is
                          read from the boxes, near 1 when the model copies the question instead (session 20's I)
   side follows boxes on x / on y, right on x / on y: the same rates for left / right and for above / below
-Each rate is over the rows where the step before it exists. --json prints the same as one JSON object.
+Each rate is over the rows where the step before it exists. After them, the questions that are not relations
+("Which shape is furthest to the right?", "Is the circle on the left or the right side of the image?"), by form:
+how many are right (the harness's exact match) and the share of the form's commonest answer, which shows a model
+that gives one answer whatever the image (session 23: "right" to all 15 lone left / right questions). --json prints
+the same as one JSON object.
 """
 from __future__ import annotations
 
@@ -29,9 +33,11 @@ from pathlib import Path
 
 from vlmkit.data.boxes import parse_places
 from vlmkit.data.shapes import RELATION_QUESTION, box_side
+from vlmkit.eval.metrics.relaxed import exact_match, normalize_exact
 from vlmkit.eval.metrics.pope import pope_label, yes_no
 
 SAID_SIDE = re.compile(r" so the .+ is (left of|right of|above|below) the ")
+_NAMED = re.compile(r"^Is the .+? (on the|in the) ")  # "Is the red circle on the left ..." -> "Is the _ on the left ..."
 
 
 def chain(record: dict) -> dict | None:
@@ -76,6 +82,22 @@ def report(rows: list[dict]) -> dict:
     return out
 
 
+def other_forms(records: list[dict]) -> dict:
+    """{question form: {"n", "right", "commonest answer", "its share"}} over the records that are not relations."""
+    forms: dict[str, list[dict]] = {}
+    for r in records:
+        q = r["question"].strip()
+        if RELATION_QUESTION.match(q) is None:
+            forms.setdefault(_NAMED.sub(r"Is the _ \1 ", q), []).append(r)
+    out = {}
+    for form, rs in sorted(forms.items()):
+        answers = [normalize_exact(r["prediction"]) for r in rs]
+        top = max(set(answers), key=answers.count)
+        out[form] = {"n": len(rs), "right": int(sum(exact_match(r["prediction"], r["answers"]) for r in rs)),
+                     "commonest answer": top, "its share": round(answers.count(top) / len(rs), 3)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("predictions", type=Path, help="an eval run's predictions.jsonl")
@@ -86,12 +108,17 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"{args.predictions}: no relation questions ('Is the A left of the B?') among "
                          f"{len(records)} predictions")
-    out = report(rows)
+    out, others = report(rows), other_forms(records)
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps({**out, "other questions": others}))
         return
     for k, v in out.items():
         print(f"{k:28s} {v['rate'] if isinstance(v, dict) else v}" + (f"  (of {v['n']})" if isinstance(v, dict) else ""))
+    if others:
+        print(f"\nnot relations: {sum(o['right'] for o in others.values())} right of {sum(o['n'] for o in others.values())}")
+    for form, o in others.items():
+        print(f"  {form:62s} {o['right']:3d} / {o['n']:<3d} commonest answer {o['commonest answer']!r} "
+              f"({o['its share']:.0%})")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,21 @@ def test_report_rates_and_the_command(tmp_path, monkeypatch, capsys):
     assert out["side is the asked one"] == {"n": 2, "rate": 1.0}
     assert out["side follows boxes on x"] == {"n": 2, "rate": 1.0}
     assert out["side follows boxes on y"] == {"n": 0, "rate": None}
+    assert out["other questions"] == {"Which shape is furthest to the left?": {
+        "n": 1, "right": 1, "commonest answer": "circle", "its share": 1.0}}
     path.write_text(json.dumps(recs[-1]) + "\n")
     with pytest.raises(SystemExit, match="no relation questions"):
         mod.main()
+
+
+def test_other_questions_are_grouped_by_form_with_the_commonest_answer():
+    mod = repo_file.load("scripts/relation_chain_report.py")
+    lone = "Is the {} on the left or the right side of the image?"
+    recs = [_rec(lone.format("red circle"), "left", "right"), _rec(lone.format("star"), "right", "Right."),
+            _rec(lone.format("square"), "left", "right"), _rec("Is the star in the top or the bottom half?", "top", "top"),
+            _rec("Is the star left of the square?", "yes", "yes")]
+    out = mod.other_forms(recs)
+    assert out == {"Is the _ on the left or the right side of the image?": {  # one answer whatever the image
+                       "n": 3, "right": 1, "commonest answer": "right", "its share": 1.0},
+                   "Is the _ in the top or the bottom half?": {
+                       "n": 1, "right": 1, "commonest answer": "top", "its share": 1.0}}
