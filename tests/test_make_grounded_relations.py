@@ -208,3 +208,24 @@ def test_keep_splits_turns_by_axis_and_moves_the_image_to_the_first_kept_questio
     monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--keep", "other", "--points"])
     with pytest.raises(SystemExit):
         mod.main()
+
+
+@pytest.mark.parametrize("max_gap, kept", [(0, []), (1, ["above"]), (3, ["right of", "above"])])
+def test_max_gap_keeps_relations_whose_points_are_close_on_the_asked_axis(tmp_path, monkeypatch, max_gap, kept):
+    mod = repo_file.load("scripts/make_grounded_relations.py")
+    (tmp_path / "truth.jsonl").write_text(json.dumps({"image": "images/a.png", "truth": {"objects": OBJECTS}}) + "\n")
+    # the star is <point>4,0</point>, the red circle <point>1,1</point>: 3 apart on x, 1 on y
+    turns = [{"from": "human", "value": "<image>\nIs the star right of the red circle?"}, {"from": "gpt", "value": "yes"},
+             {"from": "human", "value": "Which shape is at the top?"}, {"from": "gpt", "value": "star"},
+             {"from": "human", "value": "Is the star above the red circle?"}, {"from": "gpt", "value": "yes"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "image": "images/a.png", "conversations": turns}) + "\n")
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--train-side-only", "--points",
+                                     "--max-gap", str(max_gap)])
+    mod.main()
+    rows = [json.loads(line) for line in (tmp_path / f"c-side-points-gap{max_gap}.jsonl").read_text().splitlines()]
+    questions = [t["value"] for r in rows for t in r["conversations"][::2]]
+    assert [q.split(" the ")[1].split("star ")[1] for q in questions] == kept
+    assert all(q.startswith("<image>\n") == (k == 0) for k, q in enumerate(questions))
+    monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--say-side", "--max-gap", "3"])
+    with pytest.raises(SystemExit):  # boxes have no one-digit gap
+        mod.main()
