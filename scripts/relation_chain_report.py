@@ -18,6 +18,9 @@ which step failed:
   side is the asked one  the side said is the relation the question asked: about half the time when the side is
                          read from the boxes, near 1 when the model copies the question instead (session 20's I)
   side follows boxes on x / on y, right on x / on y: the same rates for left / right and for above / below
+  side follows points N apart: for point chains, by how many tenths the two points are apart on the asked axis
+                         (0 to 3, then 4+); session 23 found the side following points 4+ apart and near chance
+                         on closer ones
 Each rate is over the rows where the step before it exists. After them, the questions that are not relations
 ("Which shape is furthest to the right?", "Is the circle on the left or the right side of the image?"), by form:
 how many are right (the harness's exact match) and the share of the form's commonest answer, which shows a model
@@ -31,7 +34,7 @@ import json
 import re
 from pathlib import Path
 
-from vlmkit.data.boxes import parse_places
+from vlmkit.data.boxes import parse_places, parse_points
 from vlmkit.data.shapes import RELATION_QUESTION, box_side
 from vlmkit.eval.metrics.relaxed import exact_match, normalize_exact
 from vlmkit.eval.metrics.pope import pope_label, yes_no
@@ -53,6 +56,10 @@ def chain(record: dict) -> dict | None:
         shown = box_side(boxes[0], boxes[1], asked)
         row["boxes_true"] = (shown == asked) == true_yes
         side = SAID_SIDE.search(text)
+        points = parse_points(text)
+        if len(points) >= 2:
+            axis = row["axis"] == "y"
+            row["gap"] = min(abs(points[0][axis] - points[1][axis]), 4)
         if side:
             row["side_follows_boxes"] = side.group(1) == shown
             row["side_is_asked"] = side.group(1) == asked
@@ -79,6 +86,10 @@ def report(rows: list[dict]) -> dict:
         out[f"side follows boxes on {axis}"] = rate("side_follows_boxes", [r for r in sided if r["axis"] == axis])
     for axis in ("x", "y"):
         out[f"right on {axis}"] = rate("right", [r for r in rows if r["axis"] == axis])
+    if any("gap" in r for r in sided):
+        for gap in range(5):
+            out[f"side follows points {gap}{'+' if gap == 4 else ''} apart"] = rate(
+                "side_follows_boxes", [r for r in sided if r.get("gap") == gap])
     return out
 
 

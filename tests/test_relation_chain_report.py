@@ -39,6 +39,15 @@ def test_each_step_is_judged_on_the_step_before():
     p = mod.chain(_rec(q, "yes", "the red circle <point>1,1</point> and the square <point>6,1</point> so the red "
                                  "circle is right of the square: no"))
     assert p["boxes_true"] and p["side_follows_boxes"] is False and p["answer_follows_side"] and not p["right"]
+    assert p["gap"] == 4  # 5 tenths apart on x, counted with the rest of 4 and more
+    close = mod.chain(_rec("Is the square above the red circle?", "no", "the square <point>1,4</point> and the red "
+                           "circle <point>6,2</point> so the square is above the red circle: yes"))
+    assert close["gap"] == 2 and close["side_follows_boxes"] is False  # y: 4 is below 2
+    out = mod.report([p, close])
+    assert out["side follows points 2 apart"] == {"n": 1, "rate": 0.0}
+    assert out["side follows points 4+ apart"] == {"n": 1, "rate": 0.0}
+    assert out["side follows points 1 apart"] == {"n": 0, "rate": None}
+    assert "side follows points 2 apart" not in mod.report([good])  # boxes have no one-digit gap
 
 
 def test_report_rates_and_the_command(tmp_path, monkeypatch, capsys):
