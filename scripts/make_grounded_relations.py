@@ -15,7 +15,7 @@ at inference the box head writes the coordinates and the LM compares them. Other
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
         --swap-boxes --points   # -> spatial-side-swapped-points.jsonl: one digit an axis for each place (session 22)
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
-        --swap-boxes --points --keep y   # -> spatial-side-swapped-points-y.jsonl: above / below turns alone (session 23)
+        --swap-boxes --points --keep y   # -> spatial-side-swapped-points-y.jsonl: above / below alone (session 23)
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --say-side --train-side-only \
         --swap-boxes --points --max-gap 3   # -> spatial-side-swapped-points-gap3.jsonl: the close comparisons alone
     .venv/bin/python scripts/make_grounded_relations.py data/shapes/train spatial.jsonl --keep other

@@ -32,15 +32,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from vlmkit.data.boxes import parse_places, parse_points
 from vlmkit.data.shapes import RELATION_QUESTION, box_side
-from vlmkit.eval.metrics.relaxed import exact_match, normalize_exact
 from vlmkit.eval.metrics.pope import pope_label, yes_no
+from vlmkit.eval.metrics.relaxed import exact_match, normalize_exact
 
 SAID_SIDE = re.compile(r" so the .+ is (left of|right of|above|below) the ")
-_NAMED = re.compile(r"^Is the .+? (on the|in the) ")  # "Is the red circle on the left ..." -> "Is the _ on the left ..."
+_NAMED = re.compile(r"^Is the .+? (on the|in the) ")  # "Is the red circle on the left" -> "Is the _ on the left"
 
 
 def chain(record: dict) -> dict | None:
@@ -103,9 +104,9 @@ def other_forms(records: list[dict]) -> dict:
     out = {}
     for form, rs in sorted(forms.items()):
         answers = [normalize_exact(r["prediction"]) for r in rs]
-        top = max(set(answers), key=answers.count)
+        (top, count), = Counter(answers).most_common(1)  # a tie goes to the answer given first
         out[form] = {"n": len(rs), "right": int(sum(exact_match(r["prediction"], r["answers"]) for r in rs)),
-                     "commonest answer": top, "its share": round(answers.count(top) / len(rs), 3)}
+                     "commonest answer": top, "its share": round(count / len(rs), 3)}
     return out
 
 
@@ -126,7 +127,8 @@ def main() -> None:
     for k, v in out.items():
         print(f"{k:28s} {v['rate'] if isinstance(v, dict) else v}" + (f"  (of {v['n']})" if isinstance(v, dict) else ""))
     if others:
-        print(f"\nnot relations: {sum(o['right'] for o in others.values())} right of {sum(o['n'] for o in others.values())}")
+        right, n = (sum(o[k] for o in others.values()) for k in ("right", "n"))
+        print(f"\nnot relations: {right} right of {n}")
     for form, o in others.items():
         print(f"  {form:62s} {o['right']:3d} / {o['n']:<3d} commonest answer {o['commonest answer']!r} "
               f"({o['its share']:.0%})")

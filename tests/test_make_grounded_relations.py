@@ -203,7 +203,8 @@ def test_keep_splits_turns_by_axis_and_moves_the_image_to_the_first_kept_questio
     monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--keep", "other"])
     mod.main()
     out = [json.loads(line)["conversations"] for line in (tmp_path / "c-other.jsonl").read_text().splitlines()]
-    assert out == [[{"from": "human", "value": "<image>\nWhich shape is at the top?"}, {"from": "gpt", "value": "star"}]] * 2
+    top = [{"from": "human", "value": "<image>\nWhich shape is at the top?"}, {"from": "gpt", "value": "star"}]
+    assert out == [top, top]
     assert rows[0]["conversations"][0]["value"].startswith("<image>\n")  # the source rows are not edited in place
     monkeypatch.setattr("sys.argv", ["x", str(tmp_path), "c.jsonl", "--keep", "other", "--points"])
     with pytest.raises(SystemExit):

@@ -80,7 +80,8 @@ def test_other_questions_are_grouped_by_form_with_the_commonest_answer():
     mod = repo_file.load("scripts/relation_chain_report.py")
     lone = "Is the {} on the left or the right side of the image?"
     recs = [_rec(lone.format("red circle"), "left", "right"), _rec(lone.format("star"), "right", "Right."),
-            _rec(lone.format("square"), "left", "right"), _rec("Is the star in the top or the bottom half?", "top", "top"),
+            _rec(lone.format("square"), "left", "right"),
+            _rec("Is the star in the top or the bottom half?", "top", "top"),
             _rec("Is the star left of the square?", "yes", "yes")]
     out = mod.other_forms(recs)
     assert out == {"Is the _ on the left or the right side of the image?": {  # one answer whatever the image
