@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from vlmkit.data.boxes import parse_boxes, parse_places, parse_points
-from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation
+from vlmkit.data.shapes import RELATION_QUESTION, box_side, grounded_relation, relation_axis
 from vlmkit.files import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))  # the strict reader of scripts/fit_box_head.py
@@ -65,9 +65,6 @@ def rewrite(conv: dict, objects: list[dict], say_side: bool = False, train_side_
     return {**conv, "conversations": turns}, done
 
 
-AXIS_OF = {"left of": "x", "right of": "x", "above": "y", "below": "y"}
-
-
 def kept_turns(conv: dict, keep: str | None, max_gap: int | None = None) -> dict | None:
     """conv with only the question / answer pairs that keep names: relations on one axis ("x", "y") or the turns
     that are not relations ("other"); None when nothing is left. A mixture can then weight one kind of turn without
@@ -80,13 +77,13 @@ def kept_turns(conv: dict, keep: str | None, max_gap: int | None = None) -> dict
     pairs = []
     for q, a in zip(turns[::2], turns[1::2]):
         m = RELATION_QUESTION.match(q["value"].removeprefix("<image>\n").strip())
-        if keep is not None and (AXIS_OF[m.group(2)] if m else "other") != keep:
+        if keep is not None and ("xy"[relation_axis(m.group(2))] if m else "other") != keep:
             continue
         if max_gap is not None:
             points = parse_points(a.get("given", "") + a["value"])
             if m is None or len(points) < 2:
                 continue
-            axis = AXIS_OF[m.group(2)] == "y"
+            axis = relation_axis(m.group(2))
             if abs(points[0][axis] - points[1][axis]) > max_gap:
                 continue
         pairs.append(({**q, "value": q["value"].removeprefix("<image>\n")}, a))

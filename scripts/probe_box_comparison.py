@@ -115,6 +115,7 @@ def main() -> None:
     from fit_box_head import read_rows
 
     import vlmkit
+    from vlmkit.data.shapes import relation_axis
 
     torch.manual_seed(args.seed)
     vlm = vlmkit.load(args.model)
@@ -159,7 +160,7 @@ def main() -> None:
         for s in range(0, len(test), 50):
             exs = test[s:s + 50]
             for (_, yes, rel), said_yes in zip(exs, (answer_logits(exs).argmax(-1) == 0).tolist()):
-                right["x" if rel in ("left of", "right of") else "y"].append(int(said_yes == yes))
+                right["xy"[relation_axis(rel)]].append(int(said_yes == yes))
         lm.train()
         return {f"acc_{k}": round(sum(v) / len(v), 3) for k, v in right.items()}
 

@@ -69,6 +69,7 @@ def main() -> None:
     from fit_box_head import read_rows
 
     import vlmkit
+    from vlmkit.data.shapes import relation_axis
     from vlmkit.processing.images import ImageProcessor
     from vlmkit.train.collate import IGNORE, ConversationEncoder, LMCollator
 
@@ -91,7 +92,7 @@ def main() -> None:
         if made is None:
             continue
         for condition, given, shown in made:
-            axis = "x" if shown in ("left of", "right of") else "y"
+            axis = "xy"[relation_axis(shown)]
             side = shown.split()[0]
             row = {"image": rec["image"], "conversations": [
                 {"from": "human", "value": "<image>\n" + rec["question"]},

@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 from vlmkit.data.boxes import parse_places, parse_points
-from vlmkit.data.shapes import RELATION_QUESTION, box_side
+from vlmkit.data.shapes import RELATION_QUESTION, box_side, relation_axis
 from vlmkit.eval.metrics.pope import pope_label, yes_no
 from vlmkit.eval.metrics.relaxed import exact_match, normalize_exact
 
@@ -51,7 +51,7 @@ def chain(record: dict) -> dict | None:
         return None
     asked, text = m.group(2), record["prediction"]
     said_yes, true_yes = yes_no(text) == "yes", pope_label(record["answers"][0]) == "yes"
-    row = {"right": said_yes == true_yes, "axis": "x" if asked in ("left of", "right of") else "y", "said_yes": said_yes}
+    row = {"right": said_yes == true_yes, "axis": "xy"[relation_axis(asked)], "said_yes": said_yes}
     boxes = parse_places(text)  # boxes, or points (<point>x,y</point>, session 22)
     if len(boxes) >= 2:
         shown = box_side(boxes[0], boxes[1], asked)
@@ -59,7 +59,7 @@ def chain(record: dict) -> dict | None:
         side = SAID_SIDE.search(text)
         points = parse_points(text)
         if len(points) >= 2:
-            axis = row["axis"] == "y"
+            axis = relation_axis(asked)
             row["gap"] = min(abs(points[0][axis] - points[1][axis]), 4)
         if side:
             row["side_follows_boxes"] = side.group(1) == shown

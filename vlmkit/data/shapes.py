@@ -223,7 +223,7 @@ class ShapesGenerator:
             a, b = b, a
         q = f"Is the {_describe(a, objects)} {rel} the {_describe(b, objects)}?"
         return QA(q, "yes" if yes else "no", "spatial", "yesno",
-                  kind="relation: left / right" if rel in ("left of", "right of") else "relation: above / below")
+                  kind=("relation: left / right", "relation: above / below")[relation_axis(rel)])
 
     def _grounding(self, objects, rng) -> QA:
         o = rng.choice(objects)
@@ -355,10 +355,16 @@ def grounded_relation(question: str, answer: str, objects: list[dict], say_side:
     return f"{boxes} so the {m.group(1)} is {box_side(a['box'], b['box'], m.group(2))} the {m.group(3)}: {answer}"
 
 
+def relation_axis(relation: str) -> int:
+    """The axis a relation compares on: 0 (x) for "left of" / "right of", 1 (y) for the others; the index into a
+    point (x, y) and into a box's corners (x1, y1, x2, y2)."""
+    return 0 if relation in ("left of", "right of") else 1
+
+
 def box_side(box_a: list[int], box_b: list[int], relation: str) -> str:
     """Where box A is against box B on `relation`'s axis, from their centres: "left of" / "right of" for a left /
     right relation, "above" / "below" for the other."""
-    axis = 0 if relation in ("left of", "right of") else 1
+    axis = relation_axis(relation)
     before = box_a[axis] + box_a[axis + 2] < box_b[axis] + box_b[axis + 2]  # centres, doubled
     words = ("left of", "right of") if axis == 0 else ("above", "below")
     return words[0] if before else words[1]
